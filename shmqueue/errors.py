@@ -1,0 +1,69 @@
+"""The exception types of shmqueue.
+
+Every error a user can meet has its own type, and its message names the subject, the file, the
+worker or the signal involved and says what to do. All derive from :class:`ShmqueueError`; the
+input errors also derive from the builtin type a caller would expect (``ValueError``, ``OSError``,
+``FileNotFoundError``) so generic handlers keep working.
+"""
+
+from __future__ import annotations
+
+
+class ShmqueueError(Exception):
+    """Base class of every exception raised by shmqueue."""
+
+
+class ImageFileError(ShmqueueError, OSError):
+    """An image file cannot be read: unsupported format, corrupt or truncated."""
+
+
+class ImageFileNotFoundError(ImageFileError, FileNotFoundError):
+    """An image's path does not exist."""
+
+
+class InvalidImageError(ShmqueueError, ValueError):
+    """An image has the wrong dimensionality, dtype or values for what is asked of it."""
+
+
+class SubjectError(ShmqueueError, ValueError):
+    """A subject is inconsistent, e.g. its images have different spatial shapes."""
+
+
+class PatchSizeError(SubjectError):
+    """The patch does not fit in a subject's volume."""
+
+
+class SamplingError(SubjectError):
+    """A sampler cannot draw patches from a subject (empty probability map, absent labels)."""
+
+
+class QueueClosedError(ShmqueueError, RuntimeError):
+    """The queue was closed (or broken by an earlier failure) and cannot produce patches."""
+
+
+class SubjectProcessingError(ShmqueueError):
+    """Loading, transforming or sampling one subject failed.
+
+    The message names the subject, its files, the epoch and where it ran (a worker or the
+    training process). ``__cause__`` is the original exception; for a worker, the original's own
+    ``__cause__`` holds the worker's traceback as text.
+    """
+
+
+class WorkerDiedError(ShmqueueError):
+    """A worker process exited without being asked to, e.g. killed by a signal."""
+
+
+class RingAllocationError(ShmqueueError, MemoryError):
+    """The shared-memory ring could not be reserved (no space in /dev/shm or in RAM)."""
+
+
+class RemoteTraceback(Exception):
+    """Carries a worker's formatted traceback so that it prints as the cause of its exception."""
+
+    def __init__(self, traceback_text: str) -> None:
+        super().__init__(traceback_text)
+        self.traceback_text = traceback_text
+
+    def __str__(self) -> str:
+        return f'\n"""\n{self.traceback_text}"""'

@@ -1,0 +1,328 @@
+"""Images: a 3D volume with channels, read lazily from NIfTI (through nibabel) or given in memory.
+
+An :class:`Image` knows its shape, dtype, affine and spacing from the file's header alone; voxels
+are read only by :meth:`Image.load` (or the first access to :attr:`Image.data`). Data is always a
+torch tensor shaped ``(C, X, Y, Z)``: float32 for :class:`ScalarImage`, an integer dtype for
+:class:`LabelMap`. Images are immutable in spirit: transforms build new images with
+:meth:`Image.with_data` instead of writing into the tensor.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import nibabel as nib
+import numpy as np
+import torch
+
+from .errors import ImageFileError, ImageFileNotFoundError, InvalidImageError
+
+PathLike = str | os.PathLike[str]
+
+_LABEL_DTYPES: dict[np.dtype[Any], torch.dtype] = {
+    np.dtype(np.uint8): torch.uint8,
+    np.dtype(np.int8): torch.int8,
+    np.dtype(np.int16): torch.int16,
+    np.dtype(np.uint16): torch.int32,
+    np.dtype(np.int32): torch.int32,
+    np.dtype(np.uint32): torch.int64,
+    np.dtype(np.int64): torch.int64,
+    np.dtype(np.uint64): torch.int64,
+    np.dtype(np.bool_): torch.uint8,
+}
+_FLOAT_LABEL_DTYPE = torch.int32
+
+
+@dataclass(frozen=True)
+class ImageHeader:
+    """What the header says: channels-first shape, stored dtype, voxel-to-world affine."""
+
+    shape: tuple[int, int, int, int]
+    stored_dtype: np.dtype[Any]
+    affine: np.ndarray
+
+
+def _channels_first_shape(raw_shape: tuple[int, ...], source: str) -> tuple[int, int, int, int]:
+    """Map a NIfTI shape ``(X, Y, Z[, 1][, C])`` to ``(C, X, Y, Z)``, or explain why it can't be."""
+    if len(raw_shape) == 3:
+        x, y, z = raw_shape
+        return (1, x, y, z)
+    if len(raw_shape) == 4:
+        x, y, z, c = raw_shape
+        return (c, x, y, z)
+    if len(raw_shape) == 5 and raw_shape[3] == 1:
+        x, y, z, _, c = raw_shape
+        return (c, x, y, z)
+    raise InvalidImageError(
+        f"{source} has {len(raw_shape)} dimensions (shape {raw_shape}); shmqueue needs a 3D volume"
+        " (X, Y, Z) with optional channels (X, Y, Z, C). Convert 2D slices to 3D volumes with"
+        " a singleton axis, or split 4D time series into one image per time point."
+    )
+
+
+def _validate_tensor_shape(shape: tuple[int, ...], source: str) -> tuple[int, int, int, int]:
+    if len(shape) == 3:
+        x, y, z = shape
+        return (1, x, y, z)
+    if len(shape) == 4:
+        c, x, y, z = shape
+        return (c, x, y, z)
+    raise InvalidImageError(
+        f"{source} has {len(shape)} dimensions (shape {tuple(shape)}); an image tensor must be"
+        " (X, Y, Z) or (C, X, Y, Z). Add the channel axis with tensor[None] or drop extra axes."
+    )
+
+
+def shift_affine(affine: np.ndarray, index: tuple[int, int, int]) -> np.ndarray:
+    """The affine of a patch whose first voxel is at ``index`` of an image with ``affine``."""
+    shifted = affine.copy()
+    shifted[:3, 3] += affine[:3, :3] @ np.asarray(index, dtype=np.float64)
+    return shifted
+
+
+class Image:
+    """A 3D image with channels, from a path or from a tensor/array.
+
+    Args:
+        path_or_data: a path to a NIfTI file (``.nii``, ``.nii.gz``, anything nibabel reads), or a
+            tensor/array shaped ``(C, X, Y, Z)`` or ``(X, Y, Z)``.
+        affine: the 4x4 voxel-to-world matrix for in-memory data (identity when omitted). For
+            files it comes from the header.
+
+    Raises:
+        ImageFileNotFoundError: the path does not exist.
+        InvalidImageError: the data has the wrong number of dimensions.
+
+    Example:
+        >>> import torch, shmqueue as sq
+        >>> image = sq.ScalarImage(torch.zeros(1, 8, 8, 8))
+        >>> image.spatial_shape
+        (8, 8, 8)
+    """
+
+    kind: ClassVar[str] = "image"
+
+    def __init__(self, path_or_data: PathLike | torch.Tensor | np.ndarray, *, affine: Any = None):
+        self.path: Path | None = None
+        self._data: torch.Tensor | None = None
+        self._header: ImageHeader | None = None
+        if isinstance(path_or_data, (torch.Tensor, np.ndarray)):
+            tensor = torch.as_tensor(path_or_data)
+            shape = _validate_tensor_shape(tuple(tensor.shape), f"In-memory {self.kind}")
+            self._data = self._convert_dtype(tensor.reshape(shape), f"in-memory {self.kind}")
+            matrix = np.eye(4) if affine is None else np.asarray(affine, dtype=np.float64)
+            if matrix.shape != (4, 4):
+                raise InvalidImageError(f"affine must be 4x4, got shape {matrix.shape}")
+            stored = torch.empty(0, dtype=tensor.dtype).numpy().dtype
+            self._header = ImageHeader(shape, stored, matrix)
+        else:
+            if affine is not None:
+                raise TypeError("affine is read from the file's header; pass it only with data")
+            self.path = Path(path_or_data).expanduser()
+            if not self.path.is_file():
+                raise ImageFileNotFoundError(
+                    f"Image file not found: '{self.path}' (resolved from '{Path.cwd()}'). Check"
+                    " the path, or that the dataset is mounted."
+                )
+
+    # Header ---------------------------------------------------------------------------------
+
+    @property
+    def header(self) -> ImageHeader:
+        """Shape, stored dtype and affine, read from the file's header without reading voxels."""
+        if self._header is None:
+            assert self.path is not None
+            proxy = self._open()
+            shape = _channels_first_shape(tuple(proxy.shape), f"Image file '{self.path}'")
+            self._header = ImageHeader(
+                shape, np.dtype(proxy.get_data_dtype()), np.asarray(proxy.affine, np.float64)
+            )
+        return self._header
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        """``(C, X, Y, Z)``."""
+        if self._data is not None:
+            c, x, y, z = self._data.shape
+            return (c, x, y, z)
+        return self.header.shape
+
+    @property
+    def spatial_shape(self) -> tuple[int, int, int]:
+        """``(X, Y, Z)``."""
+        _, x, y, z = self.shape
+        return (x, y, z)
+
+    @property
+    def num_channels(self) -> int:
+        return self.shape[0]
+
+    @property
+    def affine(self) -> np.ndarray:
+        """The 4x4 voxel-to-world matrix (float64)."""
+        return self.header.affine
+
+    @property
+    def spacing(self) -> tuple[float, float, float]:
+        """Voxel size in world units along each axis, from the affine."""
+        norms = np.linalg.norm(self.affine[:3, :3], axis=0)
+        return (float(norms[0]), float(norms[1]), float(norms[2]))
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype of :attr:`data` once loaded (known from the header)."""
+        if self._data is not None:
+            return self._data.dtype
+        return self._loaded_dtype(self.header.stored_dtype)
+
+    # Data -----------------------------------------------------------------------------------
+
+    @property
+    def is_loaded(self) -> bool:
+        return self._data is not None
+
+    @property
+    def data(self) -> torch.Tensor:
+        """The voxels as a ``(C, X, Y, Z)`` tensor, read from disk on first access."""
+        if self._data is None:
+            self.load()
+        assert self._data is not None
+        return self._data
+
+    def load(self) -> None:
+        """Read the voxels (no-op when loaded). Never goes through float64."""
+        if self._data is not None:
+            return
+        assert self.path is not None
+        shape = self.header.shape
+        try:
+            proxy = self._open()
+            array = np.asanyarray(proxy.dataobj.get_unscaled())
+            slope, inter = proxy.dataobj.slope, proxy.dataobj.inter
+        except Exception as error:
+            raise ImageFileError(
+                f"Cannot read the voxels of '{self.path}': {type(error).__name__}: {error}. The"
+                " file is probably truncated or corrupt; re-export or re-copy it."
+            ) from error
+        array = array.reshape((*shape[1:], shape[0]))  # (X, Y, Z, C) from any accepted layout
+        tensor = torch.from_numpy(np.ascontiguousarray(np.moveaxis(array, -1, 0)))
+        if slope != 1 or inter != 0:
+            tensor = tensor.to(torch.float32) * float(slope) + float(inter)
+        self._data = self._convert_dtype(tensor, f"image file '{self.path}'")
+
+    def unload(self) -> None:
+        """Drop the voxels of a file-backed image (in-memory images keep theirs)."""
+        if self.path is not None:
+            self._data = None
+
+    def copy(self) -> Image:
+        """A new Image object sharing this one's path, header and (immutable) tensor."""
+        image = object.__new__(type(self))
+        image.__dict__.update(self.__dict__)
+        return image
+
+    def with_data(self, data: torch.Tensor) -> Image:
+        """A new image of the same kind, path and affine holding ``data`` (``(C, X, Y, Z)``)."""
+        shape = _validate_tensor_shape(tuple(data.shape), f"Data for {self.describe()}")
+        image = self.copy()
+        image._data = data.reshape(shape)
+        return image
+
+    def crop(self, index: tuple[int, int, int], size: tuple[int, int, int]) -> Image:
+        """A copy of the region ``index : index + size`` (never a view), with a shifted affine."""
+        region = tuple(slice(start, start + length) for start, length in zip(index, size))
+        return self.as_patch(self.data[(slice(None), *region)].clone(), index)
+
+    def as_patch(self, data: torch.Tensor, index: tuple[int, int, int]) -> Image:
+        """An image of the same kind and path holding ``data`` as the patch starting at ``index``.
+
+        Its affine maps the patch's first voxel to where ``index`` lies in this image.
+        """
+        image = self.with_data(data)
+        image._header = ImageHeader(
+            image.shape, self.header.stored_dtype, shift_affine(self.affine, index)
+        )
+        return image
+
+    def describe(self) -> str:
+        """``"ScalarImage '/data/t1.nii.gz'"`` or ``"in-memory ScalarImage"``, for messages."""
+        where = f"'{self.path}'" if self.path is not None else "(in memory)"
+        return f"{type(self).__name__} {where}"
+
+    def __repr__(self) -> str:
+        state = "loaded" if self.is_loaded else "not loaded"
+        source = f"path='{self.path}'" if self.path is not None else "in memory"
+        return f"{type(self).__name__}({source}, shape={self.shape}, {state})"
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"path": self.path, "_data": self._data, "_header": self._header}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+
+    # Subclass hooks ---------------------------------------------------------------------------
+
+    def _open(self) -> Any:
+        assert self.path is not None
+        try:
+            return nib.load(self.path)
+        except Exception as error:
+            raise ImageFileError(
+                f"Cannot read the header of '{self.path}': {type(error).__name__}: {error}. Use"
+                " a NIfTI file (.nii or .nii.gz) or another format nibabel reads."
+            ) from error
+
+    def _loaded_dtype(self, stored: np.dtype[Any]) -> torch.dtype:
+        raise NotImplementedError
+
+    def _convert_dtype(self, tensor: torch.Tensor, source: str) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class ScalarImage(Image):
+    """Intensities (MRI, CT). Data is float32.
+
+    Example:
+        >>> import numpy as np, shmqueue as sq
+        >>> sq.ScalarImage(np.zeros((4, 4, 4), np.int16)).data.dtype
+        torch.float32
+    """
+
+    kind = "scalar image"
+
+    def _loaded_dtype(self, stored: np.dtype[Any]) -> torch.dtype:
+        return torch.float32
+
+    def _convert_dtype(self, tensor: torch.Tensor, source: str) -> torch.Tensor:
+        return tensor.to(torch.float32)
+
+
+class LabelMap(Image):
+    """A segmentation. Data keeps an integer dtype: the stored one if torch has it, else wider.
+
+    Float-stored label maps load as int32 and must hold whole numbers.
+
+    Example:
+        >>> import numpy as np, shmqueue as sq
+        >>> sq.LabelMap(np.ones((4, 4, 4), np.uint8)).data.dtype
+        torch.uint8
+    """
+
+    kind = "label map"
+
+    def _loaded_dtype(self, stored: np.dtype[Any]) -> torch.dtype:
+        return _LABEL_DTYPES.get(np.dtype(stored), _FLOAT_LABEL_DTYPE)
+
+    def _convert_dtype(self, tensor: torch.Tensor, source: str) -> torch.Tensor:
+        if tensor.is_floating_point():
+            if not torch.equal(tensor, tensor.round()):
+                raise InvalidImageError(
+                    f"The {source} holds non-integer values, so it cannot be a label map. Load it"
+                    " as a ScalarImage, or round it to integer labels first."
+                )
+            return tensor.to(_FLOAT_LABEL_DTYPE)
+        stored = np.dtype(str(tensor.dtype).removeprefix("torch."))
+        return tensor.to(_LABEL_DTYPES.get(stored, torch.int64))

@@ -1,0 +1,480 @@
+"""Queue: the public face of shmqueue, TorchIO's ``Queue`` API over a shared-memory engine.
+
+With ``num_workers=0`` everything runs in the training process, following the reference mixing
+schedule literally (see :mod:`shmqueue.plan`); this path is the reference the engine is checked
+against. With ``num_workers > 0`` a :class:`~shmqueue.engine.coordinator.Coordinator` runs worker
+processes that write patches into a shared-memory ring; :meth:`Queue.batches` (what
+:class:`~shmqueue.SubjectsLoader` iterates) copies each batch straight out of the ring.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import secrets
+import time
+import warnings
+from collections.abc import Iterator, Sequence
+from multiprocessing.context import BaseContext
+from typing import Any
+
+import torch
+from torch.utils.data import IterableDataset
+
+from .batch import Batch, collate_subjects
+from .engine.coordinator import Coordinator, TakenPatch
+from .engine.layout import MetadataField, SlotLayout
+from .engine.ring import RingView, pretty_bytes, resolve_backend
+from .errors import (
+    ImageFileError,
+    InvalidImageError,
+    QueueClosedError,
+    SubjectError,
+    SubjectProcessingError,
+)
+from .image import shift_affine
+from .pipeline import SubjectPipeline
+from .plan import Admit, EpochPlan, make_epoch_plan, mixing_schedule, subject_order
+from .sampling.base import PATCH_LOCATION_KEY, PatchLocation, PatchSampler, extract_patch
+from .stats import QueueStats
+from .subject import Subject
+from .transforms import SubjectTransform
+
+logger = logging.getLogger("shmqueue")
+
+
+def _positive_int(name: str, value: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return value
+
+
+class Queue(IterableDataset[Subject]):
+    """A buffer of patches from subjects, filled by worker processes through shared memory.
+
+    Iterating the queue yields one epoch of patch Subjects; :class:`~shmqueue.SubjectsLoader`
+    turns it into batches with a single copy per patch. Each epoch yields exactly
+    ``patches_per_volume`` patches of every subject of the epoch (fewer only for finite samplers
+    such as the grid), mixed through a buffer of ``max_length`` patches.
+
+    Args:
+        subjects: the subjects (a sequence of :class:`~shmqueue.Subject`).
+        patch_sampler: where patches come from, e.g. :class:`~shmqueue.UniformSampler`.
+        max_length: buffer capacity in patches (>= ``patches_per_volume``). Larger mixes more
+            and uses more shared memory.
+        patches_per_volume: patches drawn from each subject per epoch.
+        num_workers: worker processes; 0 runs everything in the training process.
+        shuffle_subjects: shuffle the subject order every epoch (must be False with a
+            ``subject_sampler``, which decides the order).
+        shuffle_patches: yield buffered patches in random order (else oldest first).
+        transform: applied to each loaded subject before sampling.
+        subject_sampler: a sized iterable of subject indices (e.g. ``DistributedSampler``).
+        seed: makes augmentation, patch positions and orders reproducible: they derive from
+            ``(seed, epoch, subject index)`` only, not from the number of workers.
+        deterministic: with workers, yield patches in exactly the order of ``num_workers=0``
+            (waiting for a specific patch when needed) instead of whichever is ready.
+        multiprocessing_context: start method (``"fork"``, ``"spawn"``, ``"forkserver"``) or a
+            context; default as torch's DataLoader (the platform's default).
+        backend: shared memory for the ring: ``"auto"`` (memfd on Linux), ``"memfd"`` or
+            ``"named"`` (/dev/shm).
+
+    Example:
+        >>> import torch, shmqueue as sq
+        >>> subjects = [sq.Subject(t1=sq.ScalarImage(torch.rand(1, 32, 32, 32)))] * 4
+        >>> sampler = sq.UniformSampler(subjects[0], patch_size=16)
+        >>> queue = sq.Queue(subjects, sampler, max_length=8, patches_per_volume=2, seed=0)
+        >>> len(queue), sum(1 for _ in queue)
+        (8, 8)
+    """
+
+    def __init__(
+        self,
+        subjects: Sequence[Subject],
+        patch_sampler: PatchSampler,
+        *,
+        max_length: int = 300,
+        patches_per_volume: int = 10,
+        num_workers: int = 0,
+        shuffle_subjects: bool = True,
+        shuffle_patches: bool = True,
+        transform: SubjectTransform | None = None,
+        subject_sampler: Any = None,
+        seed: int | None = None,
+        deterministic: bool = False,
+        multiprocessing_context: str | BaseContext | None = None,
+        backend: str = "auto",
+    ) -> None:
+        self.max_length = _positive_int("max_length", max_length)
+        self.patches_per_volume = _positive_int("patches_per_volume", patches_per_volume)
+        if self.max_length < self.patches_per_volume:
+            raise ValueError(
+                f"max_length ({max_length}) must be at least patches_per_volume"
+                f" ({patches_per_volume}): the buffer takes in all patches of a subject at once."
+                " Raise max_length (a multiple of patches_per_volume mixes best)."
+            )
+        if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
+            raise ValueError(f"num_workers must be an integer >= 0, got {num_workers!r}")
+        if subject_sampler is not None and shuffle_subjects:
+            raise ValueError(
+                "shuffle_subjects=True cannot be combined with a subject_sampler, which decides"
+                " the order itself: pass shuffle_subjects=False (and shuffle=True to the sampler)."
+            )
+        if not isinstance(patch_sampler, PatchSampler):
+            raise TypeError(
+                f"patch_sampler must be a shmqueue sampler (e.g. UniformSampler), got"
+                f" {type(patch_sampler).__name__}"
+            )
+        if len(subjects) == 0:
+            raise ValueError("The queue needs at least one subject")
+        self.subjects = subjects
+        self.sampler = patch_sampler
+        self.transform = transform
+        self.num_workers = num_workers
+        self.shuffle_subjects = shuffle_subjects
+        self.shuffle_patches = shuffle_patches
+        self.subject_sampler = subject_sampler
+        self.seed = secrets.randbits(63) if seed is None else int(seed)
+        self.deterministic = deterministic
+        self.backend = resolve_backend(backend)
+        self._context = _resolve_context(multiprocessing_context)
+        self._patch_counts, self.layout = self._inspect_subjects()
+        self._pipeline = SubjectPipeline(subjects, transform, patch_sampler)
+        self._epoch = 0
+        self._coordinator: Coordinator | None = None
+        self._closed_reason: str | None = None
+        self._in_process_stats = QueueStats(max_length=self.max_length)
+
+    # TorchIO's properties -----------------------------------------------------------------------
+
+    @property
+    def num_subjects(self) -> int:
+        """Subjects per epoch: ``len(subject_sampler)`` if given, else all."""
+        if self.subject_sampler is not None:
+            return len(self.subject_sampler)
+        return len(self.subjects)
+
+    @property
+    def patches_per_epoch(self) -> int:
+        """Patches yielded per epoch (``num_subjects * patches_per_volume`` for random samplers)."""
+        if all(count == self.patches_per_volume for count in self._patch_counts):
+            return self.num_subjects * self.patches_per_volume
+        indices = (
+            self.subject_sampler if self.subject_sampler is not None else range(len(self.subjects))
+        )
+        return sum(self._patch_counts[int(index)] for index in indices)
+
+    def __len__(self) -> int:
+        return self.patches_per_epoch
+
+    @property
+    def max_memory(self) -> int:
+        """Bytes of the patch buffer: ``max_length`` slots of every image's patch."""
+        return self.layout.patch_bytes
+
+    @property
+    def max_memory_pretty(self) -> str:
+        return pretty_bytes(self.max_memory)
+
+    @property
+    def epoch(self) -> int:
+        """The epoch the next iteration will run."""
+        return self._epoch
+
+    def set_epoch(self, epoch: int) -> None:
+        """Run ``epoch`` next, and forward it to the subject sampler (e.g. DistributedSampler)."""
+        self._epoch = epoch
+        if hasattr(self.subject_sampler, "set_epoch"):
+            self.subject_sampler.set_epoch(epoch)
+
+    def stats(self) -> QueueStats:
+        """Buffer fill, patches produced and consumed, consumer waits, per-worker timings."""
+        if self._coordinator is not None:
+            return self._coordinator.stats
+        return self._in_process_stats
+
+    # Iteration ------------------------------------------------------------------------------------
+
+    def __iter__(self) -> Iterator[Subject]:
+        """One epoch of patch Subjects (copies; nothing points into shared memory)."""
+        plan = self._begin_epoch()
+        if self.num_workers == 0:
+            yield from self._in_process_patches(plan)
+            return
+        coordinator = self._start_engine(plan)
+        patches: list[Subject] = []
+        while self._guarded(
+            coordinator.take, 1, lambda taken: patches.append(self._patch_from_slot(taken))
+        ):
+            yield patches.pop()
+
+    def batches(
+        self, batch_size: int, drop_last: bool = False, pin_memory: bool = False
+    ) -> Iterator[Batch]:
+        """One epoch of batches, each copied once from the ring into (optionally pinned) tensors."""
+        _positive_int("batch_size", batch_size)
+        if self.num_workers == 0:
+            chunk: list[Subject] = []
+            for patch in self:
+                chunk.append(patch)
+                if len(chunk) == batch_size:
+                    yield _pinned(collate_subjects(chunk), pin_memory)
+                    chunk = []
+            if chunk and not drop_last:
+                yield _pinned(collate_subjects(chunk), pin_memory)
+            return
+        plan = self._begin_epoch()
+        coordinator = self._start_engine(plan)
+        pin = pin_memory and _can_pin()
+        while True:
+            builder = _BatchBuilder(self, coordinator.ring, batch_size, pin)
+            count = self._guarded(coordinator.take, batch_size, builder.add)
+            if count == 0 or (drop_last and count < batch_size):
+                return
+            yield builder.build()
+
+    # Lifecycle ------------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Stop the workers and free shared memory. Safe to call twice."""
+        self._shut_down("the queue was closed")
+
+    def __enter__(self) -> Queue:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __reduce__(self) -> Any:
+        raise TypeError(
+            "A shmqueue Queue cannot be pickled or sent to another process. Give num_workers to"
+            " the Queue itself and iterate it with SubjectsLoader (or a DataLoader with"
+            " num_workers=0)."
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"Queue(num_subjects={self.num_subjects}, max_length={self.max_length},"
+            f" patches_per_volume={self.patches_per_volume}, num_workers={self.num_workers},"
+            f" max_memory={self.max_memory_pretty})"
+        )
+
+    # Internals ------------------------------------------------------------------------------------
+
+    def _inspect_subjects(self) -> tuple[list[int], SlotLayout]:
+        """Validate every subject from its headers and lay out the ring; reads no voxels."""
+        images: dict[str, tuple[int, torch.dtype]] = {}
+        counts = []
+        for index, subject in enumerate(self.subjects):
+            if not isinstance(subject, Subject):
+                raise TypeError(f"subjects[{index}] is a {type(subject).__name__}, not a Subject")
+            try:
+                shape = subject.spatial_shape
+                self.sampler.check_fits(subject)
+                spec = {
+                    name: (image.num_channels, image.dtype)
+                    for name, image in subject.images.items()
+                }
+            except (SubjectError, ImageFileError, InvalidImageError) as error:
+                raise type(error)(f"subjects[{index}]: {error}") from error
+            if not images:
+                images = spec
+            elif {name: c for name, (c, _) in spec.items()} != {
+                name: c for name, (c, _) in images.items()
+            }:
+                raise SubjectError(
+                    f"subjects[{index}]: {subject.describe()} has images"
+                    f" {_describe_spec(spec)} but subjects[0] has {_describe_spec(images)}."
+                    " Every subject needs the same images with the same channels to be batched."
+                )
+            else:
+                images = {
+                    name: (channels, torch.promote_types(dtype, spec[name][1]))
+                    for name, (channels, dtype) in images.items()
+                }
+            limit = self.sampler.max_patches(shape)
+            counts.append(
+                self.patches_per_volume if limit is None else min(self.patches_per_volume, limit)
+            )
+        layout = SlotLayout.build(self.sampler.patch_size, images, self.max_length)
+        return counts, layout
+
+    def _plan(self, epoch: int) -> EpochPlan:
+        order = subject_order(
+            len(self.subjects), epoch, self.seed, self.shuffle_subjects, self.subject_sampler
+        )
+        return make_epoch_plan(epoch, order, self._patch_counts, self.seed, self.shuffle_patches)
+
+    def _begin_epoch(self) -> EpochPlan:
+        if self._closed_reason is not None:
+            raise QueueClosedError(f"The queue cannot be iterated: {self._closed_reason}.")
+        plan = self._plan(self._epoch)
+        self._epoch += 1
+        return plan
+
+    def _start_engine(self, plan: EpochPlan) -> Coordinator:
+        if self._coordinator is None:
+            self._coordinator = Coordinator(
+                self._pipeline,
+                self.layout,
+                self.num_workers,
+                self._context,
+                self.backend,
+                self.deterministic,
+            )
+        # The next epoch can be prefetched only if its order is ours to know in advance.
+        upcoming = None if self.subject_sampler is not None else self._plan(self._epoch)
+        self._guarded(self._coordinator.start_epoch, plan, upcoming)
+        return self._coordinator
+
+    def _guarded(self, call: Any, *args: Any) -> Any:
+        """Run an engine call; any failure leaves the engine shut down, never half-running."""
+        try:
+            return call(*args)
+        except BaseException as error:
+            self._shut_down(f"it was shut down after {type(error).__name__}: {error}")
+            raise
+
+    def _shut_down(self, reason: str) -> None:
+        if self._closed_reason is None:
+            self._closed_reason = reason
+        if self._coordinator is not None:
+            self._coordinator.close()
+
+    def _in_process_patches(self, plan: EpochPlan) -> Iterator[Subject]:
+        stats = self._in_process_stats
+        patches: dict[int, list[Subject]] = {}
+        remaining: dict[int, int] = {}
+        for event in mixing_schedule(plan.tasks, self.max_length, plan.mixing_seed):
+            if isinstance(event, Admit):
+                task = plan.tasks[event.position]
+                started = time.perf_counter()
+                try:
+                    subject, locations = self._pipeline.run(task)
+                except Exception as error:
+                    description = self.subjects[task.subject_index].describe(task.subject_index)
+                    raise SubjectProcessingError(
+                        f"Processing {description} in epoch {task.epoch} failed in the training"
+                        f" process: {type(error).__name__}: {error}"
+                    ) from error
+                patches[event.position] = [
+                    self._with_layout_dtypes(extract_patch(subject, location))
+                    for location in locations
+                ]
+                remaining[event.position] = len(locations)
+                elapsed = time.perf_counter() - started
+                stats.subject_seconds.setdefault(0, []).append(elapsed)
+                stats.consumer_wait_seconds += elapsed
+                stats.patches_produced += len(locations)
+                stats.ready += len(locations)
+                continue
+            patch = patches[event.position][event.patch]
+            remaining[event.position] -= 1
+            if remaining[event.position] == 0:
+                del patches[event.position], remaining[event.position]
+            stats.patches_consumed += 1
+            stats.ready -= 1
+            yield patch
+
+    def _with_layout_dtypes(self, patch: Subject) -> Subject:
+        for field in self.layout.fields:
+            image = patch[field.name]
+            if image.data.dtype != field.dtype:
+                patch[field.name] = image.with_data(image.data.to(field.dtype))
+        return patch
+
+    def _slot_location(self, taken: TakenPatch) -> PatchLocation:
+        assert self._coordinator is not None
+        row = self._coordinator.ring.metadata[taken.slot]
+        expected = (taken.task.epoch, taken.task.position, taken.task.subject_index, taken.patch)
+        found = tuple(int(value) for value in row[: MetadataField.INDEX_I])
+        if found != expected:
+            raise RuntimeError(f"slot {taken.slot} holds {found}, expected {expected}")
+        index = tuple(int(value) for value in row[MetadataField.INDEX_I :])
+        return PatchLocation((index[0], index[1], index[2]), self.layout.patch_size)
+
+    def _patch_from_slot(self, taken: TakenPatch) -> Subject:
+        assert self._coordinator is not None
+        location = self._slot_location(taken)
+        subject = self.subjects[taken.task.subject_index]
+        images = {
+            field.name: subject[field.name].as_patch(
+                self._coordinator.ring.patches[field.name][taken.slot].clone(), location.index
+            )
+            for field in self.layout.fields
+        }
+        return Subject({**subject.metadata, **images, PATCH_LOCATION_KEY: location})
+
+
+class _BatchBuilder:
+    """Fills batch tensors row by row, straight from ring slots (the one copy per patch)."""
+
+    def __init__(self, queue: Queue, ring: RingView, batch_size: int, pin: bool) -> None:
+        self.queue = queue
+        self.ring = ring
+        self.layout = queue.layout
+        self.data = {
+            field.name: torch.empty(
+                (batch_size, *self.layout.patch_shape(field)), dtype=field.dtype, pin_memory=pin
+            )
+            for field in self.layout.fields
+        }
+        self.sources: list[Subject] = []
+        self.locations: list[PatchLocation] = []
+
+    def add(self, taken: TakenPatch) -> None:
+        row = len(self.sources)
+        for name, stacked in self.data.items():
+            stacked[row].copy_(self.ring.patches[name][taken.slot])
+        self.locations.append(self.queue._slot_location(taken))
+        self.sources.append(self.queue.subjects[taken.task.subject_index])
+
+    def build(self) -> Batch:
+        count = len(self.sources)
+        names = list(self.data)
+        return Batch.build(
+            data={name: stacked[:count] for name, stacked in self.data.items()},
+            affines={
+                name: [
+                    shift_affine(source[name].affine, location.index)
+                    for source, location in zip(self.sources, self.locations)
+                ]
+                for name in names
+            },
+            paths={name: [source[name].path for source in self.sources] for name in names},
+            metadata=[source.metadata for source in self.sources],
+            locations=self.locations,
+        )
+
+
+def _describe_spec(spec: dict[str, tuple[int, torch.dtype]]) -> str:
+    return "{" + ", ".join(f"{name}: {c} channel(s)" for name, (c, _) in spec.items()) + "}"
+
+
+def _resolve_context(context: str | BaseContext | None) -> BaseContext:
+    if context is None or isinstance(context, str):
+        return multiprocessing.get_context(context)
+    return context
+
+
+_pin_warned = False
+
+
+def _can_pin() -> bool:
+    global _pin_warned
+    if torch.cuda.is_available():
+        return True
+    if not _pin_warned:
+        warnings.warn(
+            "pin_memory=True but no GPU is available: batches are not pinned", stacklevel=3
+        )
+        _pin_warned = True
+    return False
+
+
+def _pinned(batch: Batch, pin_memory: bool) -> Batch:
+    if not (pin_memory and _can_pin()):
+        return batch
+    for value in batch.values():
+        if isinstance(value, dict) and "data" in value:
+            value["data"] = value["data"].pin_memory()
+    return batch

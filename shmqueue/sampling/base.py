@@ -1,0 +1,139 @@
+"""The patch-sampler contract: where patches go (:class:`PatchLocation`) and how they are cut.
+
+A sampler's core is :meth:`PatchSampler.locations`: given a (loaded, transformed) subject, a patch
+count and a generator, it returns where the patches are. Cutting is separate
+(:func:`extract_patch`), so the engine's workers can copy each region straight into a
+shared-memory slot and the in-process path can make patch Subjects; both cut the same regions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from ..errors import PatchSizeError
+from ..subject import Subject
+from ..transforms import fresh_generator
+
+Triple = tuple[int, int, int]
+
+PATCH_LOCATION_KEY = "patch_location"
+
+
+def as_patch_size(patch_size: int | Sequence[int]) -> Triple:
+    """Normalise ``64`` or ``(64, 64, 1)`` to a 3-tuple of positive ints."""
+    size = (patch_size,) * 3 if isinstance(patch_size, int) else tuple(int(s) for s in patch_size)
+    if len(size) != 3 or any(s < 1 for s in size):
+        raise ValueError(
+            f"patch_size must be a positive int or 3 positive ints, got {patch_size!r}"
+        )
+    return (size[0], size[1], size[2])
+
+
+@dataclass(frozen=True)
+class PatchLocation:
+    """Where a patch lies in its subject: the first voxel ``index`` and the ``size``, in voxels."""
+
+    index: Triple
+    size: Triple
+
+    def to_slices(self) -> tuple[slice, slice, slice]:
+        """Spatial slices: ``image.data[(slice(None), *location.to_slices())]`` is the patch."""
+        i, j, k = (slice(start, start + length) for start, length in zip(self.index, self.size))
+        return (i, j, k)
+
+    @property
+    def stop(self) -> Triple:
+        i, j, k = (start + length for start, length in zip(self.index, self.size))
+        return (i, j, k)
+
+
+def extract_patch(subject: Subject, location: PatchLocation) -> Subject:
+    """A patch Subject: copied image regions (affines shifted), the metadata and the location."""
+    patch = {
+        name: image.crop(location.index, location.size) for name, image in subject.images.items()
+    }
+    return Subject({**subject.metadata, **patch, PATCH_LOCATION_KEY: location})
+
+
+class PatchSampler:
+    """Base class of samplers: ``sampler(subject, num_patches, generator)`` yields patch Subjects.
+
+    Args:
+        subject: optional subject to check the patch size against now and to draw from when the
+            sampler itself is iterated; the queue calls the sampler on each of its subjects.
+        patch_size: an int for cubes, or three ints.
+        num_patches: how many patches iterating the sampler yields (``None``: endless).
+    """
+
+    def __init__(
+        self,
+        subject: Subject | None,
+        patch_size: int | Sequence[int],
+        num_patches: int | None = None,
+    ) -> None:
+        self.patch_size = as_patch_size(patch_size)
+        self.subject = subject
+        self.num_patches = num_patches
+        if subject is not None:
+            self.check_fits(subject)
+
+    def prepare(self, subject: Subject) -> Subject:
+        """Adapt a subject before sampling (the grid sampler pads); the default keeps it."""
+        return subject
+
+    def max_patches(self, spatial_shape: Triple) -> int | None:
+        """How many patches the sampler can draw from a volume of this (unprepared) spatial shape.
+
+        ``None`` means unlimited (random samplers); finite samplers such as the grid give a count,
+        which the queue uses to plan an epoch from headers alone.
+        """
+        return None
+
+    def locations(
+        self, subject: Subject, num_patches: int, generator: torch.Generator
+    ) -> list[PatchLocation]:
+        """Where ``num_patches`` patches lie in a prepared subject, drawn from ``generator``."""
+        raise NotImplementedError
+
+    def __call__(
+        self,
+        subject: Subject,
+        num_patches: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Iterator[Subject]:
+        generator = fresh_generator() if generator is None else generator
+        prepared = self.prepare(subject)
+        count = num_patches if num_patches is not None else self.max_patches(subject.spatial_shape)
+        while True:
+            batch = 1 if count is None else count
+            for location in self.locations(prepared, batch, generator):
+                yield extract_patch(prepared, location)
+            if count is not None:
+                return
+
+    def __iter__(self) -> Iterator[Subject]:
+        if self.subject is None:
+            raise TypeError(f"{type(self).__name__} was built without a subject to iterate over")
+        return self(self.subject, self.num_patches)
+
+    def check_fits(self, subject: Subject) -> None:
+        """Raise :class:`PatchSizeError` if the patch is larger than the volume on any axis."""
+        shape = self.prepare_shape(subject.spatial_shape)
+        too_large = [axis for axis in range(3) if self.patch_size[axis] > shape[axis]]
+        if too_large:
+            raise PatchSizeError(
+                f"The patch size {self.patch_size} is larger than the volume {shape} of"
+                f" {subject.describe()} along axis {too_large}. Use a smaller patch_size, or pad"
+                " the images to at least the patch size first (e.g. a Lambda transform with"
+                " torch.nn.functional.pad, or GridSampler(padding_mode=...) for inference)."
+            )
+
+    def prepare_shape(self, spatial_shape: Triple) -> Triple:
+        """The spatial shape after :meth:`prepare` (known from the header alone)."""
+        return spatial_shape
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(patch_size={self.patch_size})"

@@ -1,0 +1,157 @@
+"""Samplers driven by a probability map: WeightedSampler and LabelSampler.
+
+The map gives, for each voxel, the (unnormalised) probability that a patch is centred there. The
+centre of a patch of size ``s`` starting at ``i`` is ``i + s // 2``; voxels too close to the border
+to centre a whole patch get probability zero.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+
+from ..errors import SamplingError
+from ..image import LabelMap
+from ..subject import Subject
+from .base import PatchLocation, PatchSampler
+
+
+def _draw_from_map(
+    sampler: PatchSampler,
+    probability: torch.Tensor,
+    subject: Subject,
+    map_description: str,
+    num_patches: int,
+    generator: torch.Generator,
+) -> list[PatchLocation]:
+    """Draw locations whose centres follow ``probability`` (X, Y, Z), with replacement."""
+    sampler.check_fits(subject)
+    size = sampler.patch_size
+    shape = probability.shape
+    # Restrict to the centres whose patch fits; a location's index is then the cropped coordinate.
+    valid = probability[tuple(slice(s // 2, n - s + s // 2 + 1) for s, n in zip(size, shape))].to(
+        torch.float64
+    )
+    if bool((valid < 0).any()):
+        raise SamplingError(
+            f"The {map_description} of {subject.describe()} has negative values; probabilities"
+            " must be >= 0."
+        )
+    cumulative = valid.reshape(-1).cumsum(0)
+    total = float(cumulative[-1])
+    if not total > 0:
+        raise SamplingError(
+            f"The {map_description} of {subject.describe()} is zero everywhere a patch of size"
+            f" {size} can be centred, so no patch can be drawn. Check the map (or the labels), or"
+            " sample this subject with a UniformSampler."
+        )
+    draws = torch.rand(num_patches, generator=generator, dtype=torch.float64) * total
+    flat = torch.searchsorted(cumulative, draws, right=True).clamp_(max=cumulative.numel() - 1)
+    cropped_shape = valid.shape
+    locations = []
+    for position in flat.tolist():
+        i, rest = divmod(position, cropped_shape[1] * cropped_shape[2])
+        j, k = divmod(rest, cropped_shape[2])
+        locations.append(PatchLocation((i, j, k), size))
+    return locations
+
+
+class WeightedSampler(PatchSampler):
+    """Draw patches centred according to a probability-map image of the subject.
+
+    Args:
+        subject: optional subject, as for every sampler.
+        patch_size: an int or three ints.
+        probability_map: the name of the subject's image holding the (unnormalised) map.
+    """
+
+    def __init__(
+        self,
+        subject: Subject | None,
+        patch_size: int | Sequence[int],
+        probability_map: str,
+        num_patches: int | None = None,
+    ) -> None:
+        self.probability_map = probability_map
+        super().__init__(subject, patch_size, num_patches)
+
+    def locations(
+        self, subject: Subject, num_patches: int, generator: torch.Generator
+    ) -> list[PatchLocation]:
+        if self.probability_map not in subject.images:
+            raise SamplingError(
+                f"{subject.describe()} has no image named '{self.probability_map}' to use as"
+                f" probability map; its images are {list(subject.images)}."
+            )
+        data = subject.images[self.probability_map].data
+        probability = data.to(torch.float32).sum(dim=0)
+        description = f"probability map '{self.probability_map}'"
+        return _draw_from_map(self, probability, subject, description, num_patches, generator)
+
+
+class LabelSampler(PatchSampler):
+    """Draw patches centred on labelled voxels.
+
+    Args:
+        subject: optional subject, as for every sampler.
+        patch_size: an int or three ints.
+        label_name: the name of the subject's :class:`~shmqueue.LabelMap`.
+        label_probabilities: ``{label: probability}`` of centring a patch on each label. ``None``
+            centres patches uniformly on the foreground (label > 0). Multi-channel label maps are
+            read as one-hot: channel ``c`` is label ``c``.
+
+    Raises:
+        SamplingError: a label named in ``label_probabilities`` is absent from a subject, or no
+            labelled voxel can centre a patch.
+    """
+
+    def __init__(
+        self,
+        subject: Subject | None,
+        patch_size: int | Sequence[int],
+        label_name: str,
+        label_probabilities: Mapping[int, float] | None = None,
+        num_patches: int | None = None,
+    ) -> None:
+        self.label_name = label_name
+        if label_probabilities is not None and any(p < 0 for p in label_probabilities.values()):
+            raise ValueError(f"label_probabilities must be >= 0, got {label_probabilities}")
+        self.label_probabilities = (
+            None if label_probabilities is None else dict(label_probabilities)
+        )
+        super().__init__(subject, patch_size, num_patches)
+
+    def locations(
+        self, subject: Subject, num_patches: int, generator: torch.Generator
+    ) -> list[PatchLocation]:
+        image = subject.images.get(self.label_name)
+        if not isinstance(image, LabelMap):
+            raise SamplingError(
+                f"{subject.describe()} has no LabelMap named '{self.label_name}'; its images are"
+                f" {[f'{n} ({type(i).__name__})' for n, i in subject.images.items()]}."
+            )
+        data = image.data
+        labels = data.argmax(dim=0) if data.shape[0] > 1 else data[0]
+        if self.label_probabilities is None:
+            probability = (labels > 0).to(torch.float32)
+        else:
+            probability = torch.zeros(labels.shape, dtype=torch.float32)
+            counts = torch.bincount(labels.reshape(-1).to(torch.int64).clamp(min=0))
+            absent = [
+                label
+                for label in self.label_probabilities
+                if label >= len(counts) or counts[label] == 0
+            ]
+            if absent:
+                present = torch.nonzero(counts).reshape(-1).tolist()
+                raise SamplingError(
+                    f"label_probabilities names labels {absent} that are absent from the label"
+                    f" map '{self.label_name}' of {subject.describe()}; labels present:"
+                    f" {present}. Remove them or check the label map."
+                )
+            for label, weight in self.label_probabilities.items():
+                mask = labels == label
+                probability[mask] = weight / float(counts[label])
+        description = f"label map '{self.label_name}'"
+        return _draw_from_map(self, probability, subject, description, num_patches, generator)
