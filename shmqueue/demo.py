@@ -120,7 +120,8 @@ class TinyUNet(nn.Module):
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         skip = self.encode(image)
         deep = self.up(self.down(skip))
-        return self.head(self.decode(torch.cat([skip, deep], dim=1)))
+        logits: torch.Tensor = self.head(self.decode(torch.cat([skip, deep], dim=1)))
+        return logits
 
 
 @dataclass
