@@ -47,8 +47,9 @@ class Batch(_AttributeDict):
     ) -> Batch:
         """Assemble a batch from per-image stacks and per-patch metadata and locations."""
         batch = cls()
-        for key in metadata[0] if metadata else ():
-            batch[key] = [entry[key] for entry in metadata]
+        # Subjects may differ in their metadata keys: a key a patch lacks is None in its row.
+        for key in dict.fromkeys(key for entry in metadata for key in entry):
+            batch[key] = [entry.get(key) for entry in metadata]
         for name, stacked in data.items():
             batch[name] = BatchImage(
                 data=stacked,

@@ -38,7 +38,7 @@ _FLOAT_LABEL_DTYPE = torch.int32
 
 @dataclass(frozen=True)
 class ImageHeader:
-    """What the header says: channels-first shape, stored dtype, voxel-to-world affine."""
+    """What the header says: channels-first shape, dtype as read (float32 if scaled), affine."""
 
     shape: tuple[int, int, int, int]
     stored_dtype: np.dtype[Any]
@@ -76,6 +76,11 @@ def _validate_tensor_shape(shape: tuple[int, ...], source: str) -> tuple[int, in
     )
 
 
+def _native_byte_order(array: np.ndarray) -> np.ndarray:
+    """``array`` in the machine's byte order: torch refuses the other, which NIfTI allows."""
+    return array.astype(array.dtype.newbyteorder("="), copy=False)
+
+
 def shift_affine(affine: np.ndarray, index: tuple[int, int, int]) -> np.ndarray:
     """The affine of a patch whose first voxel is at ``index`` of an image with ``affine``."""
     shifted = affine.copy()
@@ -109,6 +114,8 @@ class Image:
         self.path: Path | None = None
         self._data: torch.Tensor | None = None
         self._header: ImageHeader | None = None
+        if isinstance(path_or_data, np.ndarray):
+            path_or_data = _native_byte_order(path_or_data)
         if isinstance(path_or_data, (torch.Tensor, np.ndarray)):
             tensor = torch.as_tensor(path_or_data)
             shape = _validate_tensor_shape(tuple(tensor.shape), f"In-memory {self.kind}")
@@ -116,7 +123,7 @@ class Image:
             matrix = np.eye(4) if affine is None else np.asarray(affine, dtype=np.float64)
             if matrix.shape != (4, 4):
                 raise InvalidImageError(f"affine must be 4x4, got shape {matrix.shape}")
-            stored = torch.empty(0, dtype=tensor.dtype).numpy().dtype
+            stored = torch.empty(0, dtype=self._data.dtype).numpy().dtype  # numpy lacks bfloat16
             self._header = ImageHeader(shape, stored, matrix)
         else:
             if affine is not None:
@@ -137,8 +144,13 @@ class Image:
             assert self.path is not None
             proxy = self._open()
             shape = _channels_first_shape(tuple(proxy.shape), f"Image file '{self.path}'")
+            scaled = (
+                getattr(proxy.dataobj, "slope", 1) != 1 or getattr(proxy.dataobj, "inter", 0) != 0
+            )
+            # Scaled voxels load as float32, whatever the file stores (see load()).
+            stored = np.dtype(np.float32) if scaled else np.dtype(proxy.get_data_dtype())
             self._header = ImageHeader(
-                shape, np.dtype(proxy.get_data_dtype()), np.asarray(proxy.affine, np.float64)
+                shape, stored.newbyteorder("="), np.asarray(proxy.affine, np.float64)
             )
         return self._header
 
@@ -207,6 +219,7 @@ class Image:
                 f"Cannot read the voxels of '{self.path}': {type(error).__name__}: {error}. The"
                 " file is probably truncated or corrupt; re-export or re-copy it."
             ) from error
+        array = _native_byte_order(array)
         array = array.reshape((*shape[1:], shape[0]))  # (X, Y, Z, C) from any accepted layout
         tensor = torch.from_numpy(np.ascontiguousarray(np.moveaxis(array, -1, 0)))
         if slope != 1 or inter != 0:

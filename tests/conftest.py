@@ -2,6 +2,9 @@
 
 multiprocessing's own helpers (the resource tracker and the forkserver) live as long as the
 interpreter once started; they are not leaks and are ignored.
+
+Hypothesis profiles: ``ci`` (the default) keeps property tests that leave ``max_examples`` to the
+profile fast; ``HYPOTHESIS_PROFILE=thorough`` runs them at length.
 """
 
 from __future__ import annotations
@@ -15,8 +18,13 @@ import numpy as np
 import psutil
 import pytest
 import torch
+from hypothesis import settings
 
 import shmqueue as sq
+
+settings.register_profile("ci", max_examples=15, deadline=None)
+settings.register_profile("thorough", max_examples=250, deadline=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 _INFRASTRUCTURE = ("resource_tracker", "forkserver")
 _SHM = Path("/dev/shm")
@@ -35,7 +43,21 @@ def _children() -> dict[int, psutil.Process]:
 
 
 def _segments() -> set[str]:
-    return {entry.name for entry in _SHM.iterdir()} if _SHM.is_dir() else set()
+    """shmqueue's /dev/shm segments made by this process, or by processes that are gone.
+
+    Segments of other live processes (a colleague's test run on the same machine) are not ours.
+    """
+    if not _SHM.is_dir():
+        return set()
+    found = set()
+    for entry in _SHM.iterdir():
+        parts = entry.name.split("-")
+        if parts[0] != "shmqueue" or len(parts) < 3 or not parts[1].isdigit():
+            continue
+        creator = int(parts[1])
+        if creator == os.getpid() or not psutil.pid_exists(creator):
+            found.add(entry.name)
+    return found
 
 
 def _descriptors() -> dict[int, str]:

@@ -56,7 +56,7 @@ def reconstruct(
     return aggregator.get_output_tensor()
 
 
-# Grid ---------------------------------------------------------------------------------------
+# Grid ---------------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("padding_mode", [None, "constant"])
@@ -106,7 +106,7 @@ def test_calling_the_sampler_yields_the_grid_once() -> None:
     assert len(list(sampler(subject, num_patches=3))) == 3
 
 
-# Padding ------------------------------------------------------------------------------------
+# Padding ------------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("padding_mode", PADDING_MODES)
@@ -219,7 +219,7 @@ def test_sampler_without_subject_has_no_patches_of_its_own() -> None:
         PatchAggregator(sampler)
 
 
-# Aggregation --------------------------------------------------------------------------------
+# Aggregation --------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("overlap_mode", OVERLAP_MODES)
@@ -298,7 +298,7 @@ def test_crop_reconstruction_is_exact(data: st.DataObject) -> None:
     assert torch.equal(reconstruct(sampler, "crop", batch_size=batch_size), subject["t1"].data)
 
 
-# Errors -------------------------------------------------------------------------------------
+# Errors -------------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("patch_overlap", [1, (2, 3, 0), 4, (0, 0, 6), -2, (2, 2)], ids=str)

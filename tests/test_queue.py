@@ -1,0 +1,589 @@
+"""Queue: epoch completeness and shuffling, fidelity, properties, batching and bad input.
+
+Mostly the in-process path (``num_workers=0``), which is the reference; fidelity and the bad-input
+table also run with two workers, since a user meets both through the same API.
+"""
+
+from __future__ import annotations
+
+import pickle
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from shmqueue.batch import Batch
+from shmqueue.errors import (
+    ImageFileError,
+    ImageFileNotFoundError,
+    InvalidImageError,
+    PatchSizeError,
+    QueueClosedError,
+    SamplingError,
+    SubjectError,
+    SubjectProcessingError,
+)
+from shmqueue.image import LabelMap, ScalarImage
+from shmqueue.loader import SubjectsLoader
+from shmqueue.pipeline import SubjectPipeline
+from shmqueue.plan import SeedPurpose, SubjectTask, derive_seed
+from shmqueue.queue import Queue
+from shmqueue.sampling.base import PATCH_LOCATION_KEY, PatchLocation, PatchSampler
+from shmqueue.sampling.uniform import UniformSampler
+from shmqueue.sampling.weighted import LabelSampler, WeightedSampler
+from shmqueue.subject import Subject
+from shmqueue.transforms import Compose, Flip, Noise
+
+MakeNifti = Callable[..., Path]
+PPV = 3  # patches per volume in most tests
+
+
+def names(patches: list[Subject]) -> list[str]:
+    return [patch.name for patch in patches]
+
+
+def epoch(queue: Queue) -> list[Subject]:
+    return list(queue)
+
+
+def subject_runs(sequence: list[str]) -> list[str]:
+    """``[a, a, b, b, a]`` -> ``[a, b, a]``."""
+    return [name for i, name in enumerate(sequence) if i == 0 or sequence[i - 1] != name]
+
+
+# Epoch completeness -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shuffle_patches", [True, False])
+@pytest.mark.parametrize("shuffle_subjects", [True, False])
+def test_each_subject_yields_exactly_patches_per_volume(
+    tensor_subjects: list[Subject], shuffle_subjects: bool, shuffle_patches: bool
+) -> None:
+    queue = Queue(
+        tensor_subjects,
+        UniformSampler(None, (8, 6, 4)),
+        max_length=7,
+        patches_per_volume=PPV,
+        shuffle_subjects=shuffle_subjects,
+        shuffle_patches=shuffle_patches,
+        seed=1,
+    )
+    for _ in range(2):
+        patches = epoch(queue)
+        assert Counter(names(patches)) == {f"s{i}": PPV for i in range(5)}
+        assert len(patches) == len(queue) == queue.patches_per_epoch == 5 * PPV
+        for patch in patches:
+            assert patch.t1.data.shape == (1, 8, 6, 4)
+            location = patch[PATCH_LOCATION_KEY]
+            assert all(
+                i >= 0 and i + s <= n
+                for i, s, n in zip(location.index, location.size, (24, 20, 16))
+            )
+
+
+@pytest.mark.parametrize("order", [[4, 0, 2], [1, 1, 3], [2]])
+def test_subject_sampler_chooses_the_subjects(
+    tensor_subjects: list[Subject], order: list[int]
+) -> None:
+    queue = Queue(
+        tensor_subjects,
+        UniformSampler(None, 8),
+        max_length=4,
+        patches_per_volume=PPV,
+        shuffle_subjects=False,
+        subject_sampler=order,
+        seed=0,
+    )
+    assert queue.num_subjects == len(order)
+    assert len(queue) == queue.patches_per_epoch == len(order) * PPV
+    patches = epoch(queue)
+    assert Counter(names(patches)) == {f"s{i}": PPV * order.count(i) for i in set(order)}
+
+
+def test_shuffle_subjects_with_a_subject_sampler_is_refused(
+    tensor_subjects: list[Subject],
+) -> None:
+    with pytest.raises(ValueError, match="shuffle_subjects=False"):
+        Queue(tensor_subjects, UniformSampler(None, 8), subject_sampler=[0, 1])
+
+
+def test_subject_sampler_gets_the_epoch(tensor_subjects: list[Subject]) -> None:
+    class Recording(list[int]):
+        epochs: list[int]
+
+        def set_epoch(self, value: int) -> None:
+            self.epochs.append(value)
+
+    sampler = Recording([0, 1])
+    sampler.epochs = []
+    queue = Queue(
+        tensor_subjects,
+        UniformSampler(None, 8),
+        max_length=PPV,
+        patches_per_volume=PPV,
+        shuffle_subjects=False,
+        subject_sampler=sampler,
+    )
+    queue.set_epoch(3)
+    assert queue.epoch == 3
+    assert sampler.epochs == [3]
+
+
+# Order --------------------------------------------------------------------------------------------
+
+
+def fifo_queue(subjects: list[Subject], seed: int, shuffle_subjects: bool = True) -> Queue:
+    return Queue(
+        subjects,
+        UniformSampler(None, 8),
+        max_length=2 * PPV,
+        patches_per_volume=PPV,
+        shuffle_subjects=shuffle_subjects,
+        shuffle_patches=False,
+        seed=seed,
+    )
+
+
+def test_without_patch_shuffling_subjects_come_whole_in_order(
+    tensor_subjects: list[Subject],
+) -> None:
+    patches = epoch(fifo_queue(tensor_subjects, seed=0, shuffle_subjects=False))
+    assert names(patches) == [f"s{i}" for i in range(5) for _ in range(PPV)]
+
+
+def test_shuffle_subjects_changes_the_order_across_epochs(tensor_subjects: list[Subject]) -> None:
+    queue = fifo_queue(tensor_subjects, seed=0)
+    orders = []
+    for _ in range(4):
+        sequence = names(epoch(queue))
+        runs = subject_runs(sequence)
+        assert sorted(runs) == [f"s{i}" for i in range(5)]  # contiguous: each subject once
+        orders.append(tuple(runs))
+    assert len(set(orders)) > 1
+
+
+def fingerprint(patches: list[Subject]) -> list[tuple[str, PatchLocation, float]]:
+    return [(p.name, p[PATCH_LOCATION_KEY], float(p.t1.data.sum())) for p in patches]
+
+
+def test_same_seed_reproduces_the_epochs_and_another_seed_does_not(
+    tensor_subjects: list[Subject],
+) -> None:
+    def run(seed: int) -> list[list[tuple[str, PatchLocation, float]]]:
+        queue = Queue(
+            tensor_subjects,
+            UniformSampler(None, 8),
+            max_length=5,
+            patches_per_volume=PPV,
+            transform=Noise(std=1.0),
+            seed=seed,
+        )
+        return [fingerprint(epoch(queue)) for _ in range(2)]
+
+    first = run(7)
+    assert first == run(7)
+    assert run(-7) == run(-7)  # any int is a seed, as for torch.manual_seed
+    assert first[0] != first[1]
+    assert first != run(8)
+
+
+def test_shuffled_patches_mix_subjects(tensor_subjects: list[Subject]) -> None:
+    queue = Queue(
+        tensor_subjects,
+        UniformSampler(None, 8),
+        max_length=4 * PPV,
+        patches_per_volume=PPV,
+        seed=0,
+    )
+    sequence = names(epoch(queue))
+    assert len(subject_runs(sequence)) > 5
+
+
+# Properties and batches ---------------------------------------------------------------------------
+
+
+def test_sizes_and_memory(nifti_subjects: list[Subject]) -> None:
+    queue = Queue(nifti_subjects, UniformSampler(None, 16), max_length=10, patches_per_volume=4)
+    assert queue.num_subjects == 6
+    assert queue.patches_per_epoch == len(queue) == 24
+    # Per slot: a float32 t1 patch (16 KiB) and a uint8 seg patch (4 KiB).
+    assert queue.max_memory == 10 * (16**3 * 4 + 16**3)
+    assert queue.max_memory_pretty == "200.0 KiB"
+    assert "max_memory=200.0 KiB" in repr(queue)
+    assert not any(image.is_loaded for s in nifti_subjects for image in s.images.values())
+
+
+@pytest.mark.parametrize(
+    ("drop_last", "sizes"), [(False, [4, 4, 4, 3]), (True, [4, 4, 4])], ids=["keep", "drop"]
+)
+def test_loader_batch_counts(
+    tensor_subjects: list[Subject], drop_last: bool, sizes: list[int]
+) -> None:
+    queue = Queue(tensor_subjects, UniformSampler(None, 8), max_length=6, patches_per_volume=PPV)
+    loader = SubjectsLoader(queue, batch_size=4, drop_last=drop_last)
+    for _ in range(2):
+        batches = list(loader)
+        assert len(loader) == len(sizes)
+        assert [batch.t1.data.shape[0] for batch in batches] == sizes
+        assert all(batch.location.shape == (size, 6) for batch, size in zip(batches, sizes))
+
+
+def test_loader_rejects_its_own_workers_and_shuffling(tensor_subjects: list[Subject]) -> None:
+    queue = Queue(tensor_subjects, UniformSampler(None, 8), max_length=6, patches_per_volume=PPV)
+    with pytest.raises(ValueError, match="pass num_workers to the Queue"):
+        SubjectsLoader(queue, batch_size=2, num_workers=2)
+    with pytest.raises(ValueError, match="cannot shuffle"):
+        SubjectsLoader(queue, batch_size=2, shuffle=True)
+
+
+def test_closed_queue_cannot_be_iterated(tensor_subjects: list[Subject]) -> None:
+    queue = Queue(tensor_subjects, UniformSampler(None, 8), max_length=6, patches_per_volume=PPV)
+    queue.close()
+    queue.close()
+    with pytest.raises(QueueClosedError, match="closed"):
+        epoch(queue)
+
+
+def test_queue_cannot_be_pickled(tensor_subjects: list[Subject]) -> None:
+    queue = Queue(tensor_subjects, UniformSampler(None, 8), max_length=6, patches_per_volume=PPV)
+    with pytest.raises(TypeError, match="cannot be pickled"):
+        pickle.dumps(queue)
+
+
+# Fidelity -----------------------------------------------------------------------------------------
+
+
+def test_patches_are_regions_of_the_flipped_volume(tensor_subjects: list[Subject]) -> None:
+    """Voxel values encode subject and position, so a deterministic transform is checkable."""
+    queue = Queue(
+        tensor_subjects,
+        UniformSampler(None, (6, 5, 4)),
+        max_length=10,
+        patches_per_volume=4,
+        transform=Flip(axes=(0, 2)),
+    )
+    by_name = {subject.name: subject for subject in tensor_subjects}
+    for patch in epoch(queue):
+        flipped = torch.flip(by_name[patch.name].t1.data, [1, 3])
+        region = flipped[(slice(None), *patch[PATCH_LOCATION_KEY].to_slices())]
+        assert torch.equal(patch.t1.data, region)
+
+
+def transformed(
+    queue: Queue, subject_index: int, epoch_index: int
+) -> tuple[Subject, list[PatchLocation]]:
+    """Recompute a subject's augmented volume and patch locations from the queue's seed."""
+    seed = derive_seed(queue.seed, SeedPurpose.SUBJECT, epoch_index, subject_index, 0)
+    task = SubjectTask(epoch_index, 0, subject_index, 0, queue.patches_per_volume, seed)
+    pipeline = SubjectPipeline(queue.subjects, queue.transform, queue.sampler)
+    return pipeline.run(task)
+
+
+def check_batch_fidelity(queue: Queue, batches: list[Batch], epoch_index: int) -> None:
+    """Every row equals, bit for bit, the region of the augmented subject at its location."""
+    index_of = {subject.name: i for i, subject in enumerate(queue.subjects)}
+    seen: dict[str, list[PatchLocation]] = {}
+    for batch in batches:
+        for row, name in enumerate(batch.name):
+            seen.setdefault(name, []).append(batch.patch_location[row])
+    assert sorted(seen) == sorted(index_of)
+    for name, locations in seen.items():
+        subject, expected = transformed(queue, index_of[name], epoch_index)
+        assert Counter(locations) == Counter(expected)  # positions are reproducible too
+    for batch in batches:
+        assert batch.seg.data.dtype == torch.uint8
+        for row, name in enumerate(batch.name):
+            subject, _ = transformed(queue, index_of[name], epoch_index)
+            location = batch.patch_location[row]
+            region = (slice(None), *location.to_slices())
+            assert torch.equal(batch.t1.data[row], subject.t1.data[region])
+            assert torch.equal(batch.seg.data[row], subject.seg.data[region])
+            assert batch.location[row].tolist() == [*location.index, *location.stop]
+            assert batch.age[row] == queue.subjects[index_of[name]].age
+            patch_origin = batch.t1.affine[row].numpy() @ np.array([0, 0, 0, 1.0])
+            volume_voxel = subject.t1.affine @ np.array([*location.index, 1.0])
+            np.testing.assert_allclose(patch_origin, volume_voxel)
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_batches_are_regions_of_the_augmented_subjects(
+    nifti_subjects: list[Subject], num_workers: int
+) -> None:
+    transform = Compose([Flip(axes=(0, 1), p=0.5), Noise(std=10.0)])
+    with Queue(
+        nifti_subjects[:4],
+        UniformSampler(None, (12, 10, 8)),
+        max_length=6,
+        patches_per_volume=PPV,
+        num_workers=num_workers,
+        transform=transform,
+        seed=123,
+    ) as queue:
+        loader = SubjectsLoader(queue, batch_size=5)
+        for epoch_index in range(2):
+            check_batch_fidelity(queue, list(loader), epoch_index)
+
+
+def test_iterated_patches_keep_metadata_dtypes_and_shifted_affines(
+    nifti_subjects: list[Subject],
+) -> None:
+    queue = Queue(
+        nifti_subjects[:2],
+        UniformSampler(None, 8),
+        max_length=4,
+        patches_per_volume=2,
+        transform=Flip(axes=(1,)),
+        seed=5,
+    )
+    by_name = {subject.name: subject for subject in nifti_subjects}
+    for patch in epoch(queue):
+        source = by_name[patch.name]
+        location = patch[PATCH_LOCATION_KEY]
+        assert patch.age == source.age
+        assert patch.t1.path == source.t1.path
+        assert patch.seg.data.dtype == torch.uint8
+        assert torch.equal(
+            patch.seg.data, torch.flip(source.seg.data, [2])[(slice(None), *location.to_slices())]
+        )
+        np.testing.assert_allclose(
+            patch.t1.affine @ np.array([0, 0, 0, 1.0]),
+            source.t1.affine @ np.array([*location.index, 1.0]),
+        )
+
+
+@pytest.mark.parametrize(
+    ("stored", "expected"),
+    [(np.uint8, torch.uint8), (np.int16, torch.int16), (np.float32, torch.int32)],
+)
+def test_label_maps_keep_integer_values_through_the_queue(
+    make_nifti: MakeNifti, stored: type, expected: torch.dtype
+) -> None:
+    labels = (np.arange(16**3).reshape(16, 16, 16) % 5).astype(stored)
+    subject = Subject(
+        t1=ScalarImage(torch.zeros(1, 16, 16, 16)),
+        seg=LabelMap(make_nifti("seg.nii.gz", labels)),
+    )
+    queue = Queue([subject], UniformSampler(None, 4), max_length=4, patches_per_volume=4)
+    for batch in SubjectsLoader(queue, batch_size=4):
+        assert batch.seg.data.dtype == expected
+        for row, location in enumerate(batch.patch_location):
+            region = labels[location.to_slices()].astype(np.int64)
+            assert torch.equal(batch.seg.data[row, 0].to(torch.int64), torch.from_numpy(region))
+
+
+# Bad input: one table -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BadInput:
+    """A way to get input wrong, the exception it must raise and what its message must say.
+
+    ``make`` builds the failing action from a directory for files and the number of workers;
+    ``cause`` is the type expected as ``__cause__`` when the failure surfaces while iterating.
+    """
+
+    make: Callable[[Path, int], Callable[[], object]]
+    error: type[Exception]
+    says: tuple[str, ...]
+    cause: type[Exception] | None = None
+
+
+def write(folder: Path, name: str, array: np.ndarray) -> Path:
+    path = folder / name
+    nib.save(nib.Nifti1Image(array, np.eye(4)), path)
+    return path
+
+
+def t1_array(shape: tuple[int, ...] = (16, 16, 16)) -> np.ndarray:
+    return np.random.default_rng(0).integers(0, 1000, shape).astype(np.int16)
+
+
+def build_queue(
+    subjects: list[Subject],
+    num_workers: int,
+    sampler: PatchSampler | None = None,
+    max_length: int = 4,
+    patches_per_volume: int = 2,
+) -> Queue:
+    return Queue(
+        subjects,
+        sampler or UniformSampler(None, 8),
+        max_length=max_length,
+        patches_per_volume=patches_per_volume,
+        num_workers=num_workers,
+        seed=0,
+    )
+
+
+def iterate(
+    subjects: list[Subject], num_workers: int, sampler: PatchSampler
+) -> Callable[[], object]:
+    def run() -> object:
+        with build_queue(subjects, num_workers, sampler) as queue:
+            return list(queue)
+
+    return run
+
+
+def missing_file(folder: Path, num_workers: int) -> Callable[[], object]:
+    return lambda: Subject(t1=ScalarImage(folder / "sub-01_t1.nii.gz"), name="sub-01")
+
+
+def garbage_file(folder: Path, num_workers: int) -> Callable[[], object]:
+    path = folder / "sub-01_t1.nii.gz"
+    path.write_bytes(b"\x00garbage" * 512)
+    subject = Subject(t1=ScalarImage(path), name="sub-01")
+    return lambda: build_queue([subject], num_workers)
+
+
+def truncated_file(folder: Path, num_workers: int) -> Callable[[], object]:
+    full = write(folder, "full.nii.gz", t1_array((32, 32, 32)))
+    path = folder / "sub-01_t1.nii.gz"
+    content = full.read_bytes()
+    path.write_bytes(content[: len(content) // 2])
+    subject = Subject(t1=ScalarImage(path), name="sub-01")
+    return iterate([subject], num_workers, UniformSampler(None, 8))
+
+
+def dimensions(shape: tuple[int, ...]) -> Callable[[Path, int], Callable[[], object]]:
+    def make(folder: Path, num_workers: int) -> Callable[[], object]:
+        path = write(folder, "sub-01_t1.nii.gz", np.zeros(shape, np.float32))
+        subject = Subject(t1=ScalarImage(path), name="sub-01")
+        return lambda: build_queue([subject], num_workers)
+
+    return make
+
+
+def patch_too_large(folder: Path, num_workers: int) -> Callable[[], object]:
+    subject = Subject(t1=ScalarImage(write(folder, "sub-01_t1.nii.gz", t1_array())), name="sub-01")
+    return lambda: build_queue([subject], num_workers, UniformSampler(None, (8, 8, 20)))
+
+
+def shapes_differ(folder: Path, num_workers: int) -> Callable[[], object]:
+    subject = Subject(
+        t1=ScalarImage(write(folder, "sub-01_t1.nii.gz", t1_array())),
+        seg=LabelMap(write(folder, "sub-01_seg.nii.gz", np.zeros((16, 16, 12), np.uint8))),
+        name="sub-01",
+    )
+    return lambda: build_queue([subject], num_workers)
+
+
+def zero_probability(folder: Path, num_workers: int) -> Callable[[], object]:
+    subject = Subject(
+        t1=ScalarImage(write(folder, "sub-01_t1.nii.gz", t1_array())),
+        prob=ScalarImage(write(folder, "sub-01_prob.nii.gz", np.zeros((16, 16, 16), np.float32))),
+        name="sub-01",
+    )
+    return iterate([subject], num_workers, WeightedSampler(None, 8, probability_map="prob"))
+
+
+def absent_labels(folder: Path, num_workers: int) -> Callable[[], object]:
+    subject = Subject(
+        t1=ScalarImage(write(folder, "sub-01_t1.nii.gz", t1_array())),
+        seg=LabelMap(write(folder, "sub-01_seg.nii.gz", np.ones((16, 16, 16), np.uint8))),
+        name="sub-01",
+    )
+    sampler = LabelSampler(None, 8, "seg", label_probabilities={1: 0.5, 4: 0.5})
+    return iterate([subject], num_workers, sampler)
+
+
+def fractional_labels(folder: Path, num_workers: int) -> Callable[[], object]:
+    subject = Subject(
+        t1=ScalarImage(write(folder, "sub-01_t1.nii.gz", t1_array())),
+        seg=LabelMap(write(folder, "sub-01_seg.nii.gz", np.full((16, 16, 16), 0.5, np.float32))),
+        name="sub-01",
+    )
+    return iterate([subject], num_workers, UniformSampler(None, 8))
+
+
+def bad_counts(
+    max_length: int, patches_per_volume: int
+) -> Callable[[Path, int], Callable[[], object]]:
+    def make(folder: Path, num_workers: int) -> Callable[[], object]:
+        subject = Subject(t1=ScalarImage(torch.zeros(1, 16, 16, 16)), name="sub-01")
+        return lambda: build_queue([subject], num_workers, None, max_length, patches_per_volume)
+
+    return make
+
+
+BAD_INPUTS = {
+    "missing-file": BadInput(
+        missing_file, ImageFileNotFoundError, ("sub-01_t1.nii.gz", "Check the path")
+    ),
+    "unreadable-file": BadInput(
+        garbage_file, ImageFileError, ("subjects[0]", "sub-01_t1.nii.gz", "Use a NIfTI file")
+    ),
+    "truncated-file": BadInput(
+        truncated_file,
+        SubjectProcessingError,
+        ("'sub-01'", "sub-01_t1.nii.gz", "in epoch", "truncated or corrupt", "re-copy"),
+        ImageFileError,
+    ),
+    "2d-data": BadInput(
+        dimensions((16, 16)),
+        InvalidImageError,
+        ("subjects[0]", "sub-01_t1.nii.gz", "2 dimensions", "3D volume"),
+    ),
+    "5d-data": BadInput(
+        dimensions((16, 16, 16, 2, 3)),
+        InvalidImageError,
+        ("subjects[0]", "sub-01_t1.nii.gz", "5 dimensions", "3D volume"),
+    ),
+    "patch-larger-than-volume": BadInput(
+        patch_too_large,
+        PatchSizeError,
+        ("'sub-01'", "sub-01_t1.nii.gz", "(8, 8, 20)", "(16, 16, 16)", "pad the images"),
+    ),
+    "different-shapes": BadInput(
+        shapes_differ,
+        SubjectError,
+        ("'sub-01'", "sub-01_seg.nii.gz", "(16, 16, 12)", "Resample or crop"),
+    ),
+    "all-zero-probability-map": BadInput(
+        zero_probability,
+        SubjectProcessingError,
+        ("'sub-01'", "sub-01_prob.nii.gz", "zero everywhere", "UniformSampler"),
+        SamplingError,
+    ),
+    "absent-labels": BadInput(
+        absent_labels,
+        SubjectProcessingError,
+        ("'sub-01'", "sub-01_seg.nii.gz", "[4]", "labels present: [1]", "Remove them"),
+        SamplingError,
+    ),
+    "non-integer-label-map": BadInput(
+        fractional_labels,
+        SubjectProcessingError,
+        ("'sub-01'", "sub-01_seg.nii.gz", "non-integer values", "Load it as a ScalarImage"),
+        InvalidImageError,
+    ),
+    "patches-per-volume-below-1": BadInput(
+        bad_counts(4, 0), ValueError, ("patches_per_volume", "positive integer", "got 0")
+    ),
+    "max-length-below-1": BadInput(
+        bad_counts(0, 1), ValueError, ("max_length", "positive integer", "got 0")
+    ),
+    "max-length-below-patches-per-volume": BadInput(
+        bad_counts(3, 5), ValueError, ("max_length (3)", "patches_per_volume (5)", "Raise")
+    ),
+}
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+@pytest.mark.parametrize("case", BAD_INPUTS.values(), ids=BAD_INPUTS.keys())
+def test_bad_input_fails_loudly_naming_the_subject(
+    tmp_path: Path, case: BadInput, num_workers: int
+) -> None:
+    action = case.make(tmp_path, num_workers)
+    with pytest.raises(case.error) as raised:
+        action()
+    message = str(raised.value)
+    missing = [fragment for fragment in case.says if fragment not in message]
+    assert not missing, f"{missing} not in: {message}"
+    if case.cause is not None:
+        assert isinstance(raised.value.__cause__, case.cause)

@@ -1,0 +1,202 @@
+"""Transforms: exact results, randomness only from the caller's generator, inputs never modified."""
+
+from __future__ import annotations
+
+from itertools import combinations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from shmqueue.image import LabelMap, ScalarImage
+from shmqueue.subject import Subject
+from shmqueue.transforms import (
+    Compose,
+    Flip,
+    Lambda,
+    Noise,
+    RescaleIntensity,
+    Transform,
+    ZNormalization,
+    apply_transform,
+)
+
+ALL_AXES = [axes for count in (1, 2, 3) for axes in combinations((0, 1, 2), count)]
+
+
+def make_subject(shape: tuple[int, int, int] = (5, 4, 3), channels: int = 2) -> Subject:
+    voxels = channels * shape[0] * shape[1] * shape[2]
+    t1 = torch.arange(voxels, dtype=torch.float32).reshape(channels, *shape)
+    seg = (torch.arange(voxels // channels) % 4).reshape(1, *shape).to(torch.uint8)
+    return Subject(t1=ScalarImage(t1), seg=LabelMap(seg), name="sub-01")
+
+
+def seeded(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def snapshot(subject: Subject) -> dict[str, torch.Tensor]:
+    return {name: image.data.clone() for name, image in subject.images.items()}
+
+
+def assert_unchanged(subject: Subject, before: dict[str, torch.Tensor]) -> None:
+    for name, data in before.items():
+        assert torch.equal(subject[name].data, data)
+
+
+# Flip ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("axes", ALL_AXES)
+def test_flip_matches_numpy_flip(axes: tuple[int, ...]) -> None:
+    subject = make_subject()
+    before = snapshot(subject)
+    flipped = Flip(axes=axes)(subject, seeded(0))
+    for name, data in before.items():
+        expected = np.flip(data.numpy(), axis=[axis + 1 for axis in axes])
+        np.testing.assert_array_equal(flipped[name].data.numpy(), expected)
+        assert flipped[name].data.dtype == data.dtype
+        assert type(flipped[name]) is type(subject[name])
+    assert flipped.name == "sub-01"
+    assert_unchanged(subject, before)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    shape=st.tuples(*(st.integers(1, 5),) * 3),
+    axes=st.sampled_from(ALL_AXES),
+    seed=st.integers(0, 2**32),
+)
+def test_flip_twice_is_identity(
+    shape: tuple[int, int, int], axes: tuple[int, ...], seed: int
+) -> None:
+    subject = make_subject(shape, channels=1)
+    flip = Flip(axes=axes)
+    twice = flip(flip(subject, seeded(seed)), seeded(seed))
+    for name, image in subject.images.items():
+        assert torch.equal(twice[name].data, image.data)
+
+
+def test_flip_with_probability_draws_from_the_generator() -> None:
+    subject = make_subject()
+    flip = Flip(axes=(0,), p=0.5)
+    outcomes = set()
+    for seed in range(20):
+        first = flip(subject, seeded(seed)).t1.data
+        assert torch.equal(first, flip(subject, seeded(seed)).t1.data)
+        outcomes.add(torch.equal(first, subject.t1.data))
+    assert outcomes == {True, False}
+
+
+@pytest.mark.parametrize("axes", [(), (3,), (-1,)])
+def test_flip_rejects_non_spatial_axes(axes: tuple[int, ...]) -> None:
+    with pytest.raises(ValueError, match="spatial axes"):
+        Flip(axes=axes)
+
+
+# Noise --------------------------------------------------------------------------------------------
+
+
+def test_noise_is_reproducible_from_the_generator_and_spares_label_maps() -> None:
+    subject = make_subject((16, 16, 16))
+    before = snapshot(subject)
+    noise = Noise(mean=0.5, std=2.0)
+    first = noise(subject, seeded(1))
+    again = noise(subject, seeded(1))
+    other = noise(subject, seeded(2))
+    assert torch.equal(first.t1.data, again.t1.data)
+    assert not torch.equal(first.t1.data, other.t1.data)
+    expected = torch.randn(subject.t1.data.shape, generator=seeded(1)) * 2.0 + 0.5
+    assert torch.equal(first.t1.data, expected + subject.t1.data)
+    assert first.t1.data.dtype == torch.float32
+    assert first.seg.data is subject.seg.data
+    assert_unchanged(subject, before)
+    added = first.t1.data - subject.t1.data
+    assert abs(float(added.mean()) - 0.5) < 0.1
+    assert abs(float(added.std()) - 2.0) < 0.1
+
+
+def test_noise_rejects_negative_std() -> None:
+    with pytest.raises(ValueError, match="std"):
+        Noise(std=-1.0)
+
+
+@pytest.mark.parametrize("p", [-0.1, 1.5])
+def test_probability_must_be_in_unit_interval(p: float) -> None:
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        Noise(p=p)
+
+
+# Compose, intensity transforms, Lambda ------------------------------------------------------------
+
+
+def test_compose_applies_in_order_with_one_generator() -> None:
+    subject = make_subject()
+    transforms: list[Transform] = [Flip(axes=(1,), p=0.5), Noise(std=0.3), Flip(axes=(2,), p=0.5)]
+    for seed in range(5):
+        composed = Compose(transforms)(subject, seeded(seed))
+        generator = seeded(seed)
+        expected = subject
+        for transform in transforms:
+            expected = transform(expected, generator)
+        assert torch.equal(composed.t1.data, expected.t1.data)
+        assert torch.equal(composed.seg.data, expected.seg.data)
+
+
+def test_compose_accepts_plain_callables() -> None:
+    def double(subject: Subject) -> Subject:
+        return Subject({**subject, "t1": subject.t1.with_data(subject.t1.data * 2)})
+
+    subject = make_subject()
+    result = Compose([double, Flip(axes=(0,))])(subject, seeded(0))
+    assert torch.equal(result.t1.data, torch.flip(subject.t1.data * 2, [1]))
+
+
+def test_apply_transform_checks_the_result_of_a_callable() -> None:
+    subject = make_subject()
+    assert apply_transform(None, subject, seeded(0)) is subject
+    with pytest.raises(TypeError, match="not a Subject"):
+        apply_transform(lambda s: s.t1, subject, seeded(0))
+
+
+def test_transform_without_generator_still_runs() -> None:
+    subject = make_subject()
+    assert not torch.equal(Noise()(subject).t1.data, subject.t1.data)
+
+
+def test_z_normalization_standardises_each_channel() -> None:
+    t1 = torch.stack([torch.arange(60.0).reshape(5, 4, 3) * 3 + 7, torch.full((5, 4, 3), 9.0)])
+    subject = Subject(t1=ScalarImage(t1), seg=LabelMap(torch.ones(1, 5, 4, 3)))
+    result = ZNormalization()(subject, seeded(0))
+    assert torch.allclose(result.t1.data[0].mean(), torch.tensor(0.0), atol=1e-5)
+    assert torch.allclose(result.t1.data[0].std(), torch.tensor(1.0), atol=1e-5)
+    assert torch.equal(result.t1.data[1], torch.zeros(5, 4, 3))  # constant: only centred
+    assert result.seg.data is subject.seg.data
+
+
+def test_rescale_intensity_maps_the_range() -> None:
+    subject = make_subject()
+    result = RescaleIntensity((-1.0, 1.0))(subject, seeded(0))
+    assert float(result.t1.data.min()) == -1.0
+    assert float(result.t1.data.max()) == pytest.approx(1.0)
+    constant = Subject(t1=ScalarImage(torch.full((1, 2, 2, 2), 5.0)))
+    assert torch.equal(
+        RescaleIntensity((2.0, 3.0))(constant).t1.data, torch.full_like(constant.t1.data, 2.0)
+    )
+    with pytest.raises(ValueError, match="increasing"):
+        RescaleIntensity((1.0, 0.0))
+
+
+def test_lambda_applies_to_the_requested_kinds() -> None:
+    subject = make_subject()
+    every = Lambda(lambda data: data + 1)(subject, seeded(0))
+    scalars = Lambda(lambda data: data + 1, types_to_apply=(ScalarImage,))(subject, seeded(0))
+    assert torch.equal(every.seg.data, subject.seg.data + 1)
+    assert torch.equal(scalars.t1.data, subject.t1.data + 1)
+    assert scalars.seg.data is subject.seg.data
+
+
+def test_repr_names_the_parameters() -> None:
+    assert repr(Noise(std=0.2)) == "Noise(p=1.0, mean=0.0, std=0.2)"
