@@ -4,10 +4,18 @@ A TorchIO-compatible API: switch with ``import shmqueue as tio``.
 """
 
 from .batch import Batch, BatchImage, collate_subjects
+from .distributed import (
+    DistributedSubjectSampler,
+    EqualizationWarning,
+    RankInfo,
+    distributed_environment,
+    per_rank_memory_budget,
+)
 from .errors import (
     ImageFileError,
     ImageFileNotFoundError,
     InvalidImageError,
+    MemoryBudgetError,
     PatchSizeError,
     QueueClosedError,
     RingAllocationError,
@@ -19,6 +27,7 @@ from .errors import (
 )
 from .image import Image, LabelMap, ScalarImage
 from .loader import SubjectsLoader
+from .memory import MemoryEstimate, estimate_memory
 from .queue import Queue
 from .sampling import (
     GridSampler,
@@ -47,6 +56,8 @@ __all__ = [
     "Batch",
     "BatchImage",
     "Compose",
+    "DistributedSubjectSampler",
+    "EqualizationWarning",
     "Flip",
     "GridSampler",
     "Image",
@@ -56,6 +67,8 @@ __all__ = [
     "LabelMap",
     "LabelSampler",
     "Lambda",
+    "MemoryBudgetError",
+    "MemoryEstimate",
     "Noise",
     "PatchAggregator",
     "PatchLocation",
@@ -64,6 +77,7 @@ __all__ = [
     "Queue",
     "QueueClosedError",
     "QueueStats",
+    "RankInfo",
     "RescaleIntensity",
     "RingAllocationError",
     "SamplingError",
@@ -80,4 +94,7 @@ __all__ = [
     "ZNormalization",
     "__version__",
     "collate_subjects",
+    "distributed_environment",
+    "estimate_memory",
+    "per_rank_memory_budget",
 ]

@@ -8,6 +8,11 @@ input errors also derive from the builtin type a caller would expect (``ValueErr
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .memory import MemoryEstimate
+
 
 class ShmqueueError(Exception):
     """Base class of every exception raised by shmqueue."""
@@ -56,6 +61,22 @@ class WorkerDiedError(ShmqueueError):
 
 class RingAllocationError(ShmqueueError, MemoryError):
     """The shared-memory ring could not be reserved (no space in /dev/shm or in RAM)."""
+
+
+class MemoryBudgetError(ShmqueueError, MemoryError):
+    """A queue's plan cannot fit this machine's memory; raised before anything is allocated.
+
+    The message says which budget is exceeded (the ring's backend, or the available memory) and
+    what to change (``max_length``, ``num_workers``, the patch size, a container's memory or
+    ``--shm-size``), followed by the breakdown, which :attr:`estimate` also holds.
+    """
+
+    def __init__(self, message: str, estimate: MemoryEstimate) -> None:
+        super().__init__(message)
+        self.estimate = estimate
+
+    def __reduce__(self) -> tuple[type[MemoryBudgetError], tuple[str, MemoryEstimate]]:
+        return (type(self), (str(self), self.estimate))
 
 
 class RemoteTraceback(Exception):

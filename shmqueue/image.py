@@ -249,14 +249,18 @@ class Image:
         region = tuple(slice(start, start + length) for start, length in zip(index, size))
         return self.as_patch(self.data[(slice(None), *region)].clone(), index)
 
-    def as_patch(self, data: torch.Tensor, index: tuple[int, int, int]) -> Image:
+    def as_patch(
+        self, data: torch.Tensor, index: tuple[int, int, int], affine: np.ndarray | None = None
+    ) -> Image:
         """An image of the same kind and path holding ``data`` as the patch starting at ``index``.
 
-        Its affine maps the patch's first voxel to where ``index`` lies in this image.
+        Its affine maps the patch's first voxel to where ``index`` lies in the volume the patch
+        was cut from, whose affine is ``affine`` (by default this image's).
         """
         image = self.with_data(data)
+        source_affine = self.affine if affine is None else affine
         image._header = ImageHeader(
-            image.shape, self.header.stored_dtype, shift_affine(self.affine, index)
+            image.shape, self.header.stored_dtype, shift_affine(source_affine, index)
         )
         return image
 

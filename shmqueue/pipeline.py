@@ -12,6 +12,7 @@ from collections.abc import Sequence
 import torch
 
 from .errors import SamplingError
+from .machine import return_free_memory
 from .plan import SubjectTask
 from .sampling.base import PatchLocation, PatchSampler
 from .subject import Subject
@@ -33,6 +34,7 @@ class SubjectPipeline:
 
     def run(self, task: SubjectTask) -> tuple[Subject, list[PatchLocation]]:
         """The augmented, prepared subject and exactly ``task.num_patches`` patch locations."""
+        return_free_memory()  # the previous subject's volumes, so that the process stays its size
         subject = self.subjects[task.subject_index].copy()
         subject.load()
         generator = torch.Generator().manual_seed(task.seed)

@@ -159,8 +159,7 @@ EQUALIZE_POLICIES = ("pad", "trim")
 
 
 def common_patch_total(rank_totals: Sequence[int], equalize: str) -> int:
-    """The patch count every rank's epoch is brought to: the largest rank's (``"pad"``) or the
-    smallest rank's (``"trim"``)."""
+    """The patch count all ranks are brought to: the largest's (``"pad"``) or smallest's."""
     if equalize not in EQUALIZE_POLICIES:
         raise ValueError(f"equalize must be one of {EQUALIZE_POLICIES}, got {equalize!r}")
     return max(rank_totals) if equalize == "pad" else min(rank_totals)

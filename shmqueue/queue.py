@@ -18,10 +18,12 @@ from collections.abc import Iterator, Sequence
 from multiprocessing.context import BaseContext
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.data import IterableDataset
 
 from .batch import Batch, collate_subjects
+from .distributed import check_subject_sampler, predictable_sampler, warn_equalized
 from .engine.coordinator import Coordinator, TakenPatch
 from .engine.layout import MetadataField, SlotLayout
 from .engine.ring import RingView, pretty_bytes, resolve_backend
@@ -33,8 +35,17 @@ from .errors import (
     SubjectProcessingError,
 )
 from .image import shift_affine
+from .memory import MemoryEstimate, estimate_memory, preflight
 from .pipeline import SubjectPipeline
-from .plan import Admit, EpochPlan, make_epoch_plan, mixing_schedule, subject_order
+from .plan import (
+    EQUALIZE_POLICIES,
+    Admit,
+    EpochPlan,
+    common_patch_total,
+    make_epoch_plan,
+    mixing_schedule,
+    subject_order,
+)
 from .sampling.base import PATCH_LOCATION_KEY, PatchLocation, PatchSampler, extract_patch
 from .stats import QueueStats
 from .subject import Subject
@@ -69,6 +80,9 @@ class Queue(IterableDataset[Subject]):
         shuffle_patches: yield buffered patches in random order (else oldest first).
         transform: applied to each loaded subject before sampling.
         subject_sampler: a sized iterable of subject indices (e.g. ``DistributedSampler``).
+            With torch's ``DistributedSampler`` or :class:`~shmqueue.DistributedSubjectSampler`
+            every rank yields the same number of patches (see ``equalize``) and the next
+            epoch is prefetched; call :meth:`set_epoch` before each epoch.
         seed: makes augmentation, patch positions and orders reproducible: they derive from
             ``(seed, epoch, subject index)`` only, not from the number of workers.
         deterministic: with workers, yield patches in exactly the order of ``num_workers=0``
@@ -77,6 +91,14 @@ class Queue(IterableDataset[Subject]):
             context; default as torch's DataLoader (the platform's default).
         backend: shared memory for the ring: ``"auto"`` (memfd on Linux), ``"memfd"`` or
             ``"named"`` (/dev/shm).
+        equalize: with a distributed ``subject_sampler``, how ranks whose subjects give
+            fewer or more patches than others' (finite samplers such as the grid) reach a
+            common count: ``"pad"`` repeats patches of the rank's last subjects, ``"trim"``
+            drops the last ones; either warns with the number (see :mod:`shmqueue.distributed`).
+        check_memory: before anything is allocated, compare the estimated total (see
+            :meth:`estimate_memory`; batches of 16 assumed) with the available memory and raise
+            :class:`~shmqueue.MemoryBudgetError` if it cannot fit. ``False`` skips that check;
+            the ring is always checked against its backend's capacity.
 
     Example:
         >>> import torch, shmqueue as sq
@@ -103,6 +125,8 @@ class Queue(IterableDataset[Subject]):
         deterministic: bool = False,
         multiprocessing_context: str | BaseContext | None = None,
         backend: str = "auto",
+        equalize: str = "pad",
+        check_memory: bool = True,
     ) -> None:
         self.max_length = _positive_int("max_length", max_length)
         self.patches_per_volume = _positive_int("patches_per_volume", patches_per_volume)
@@ -119,6 +143,10 @@ class Queue(IterableDataset[Subject]):
                 "shuffle_subjects=True cannot be combined with a subject_sampler, which decides"
                 " the order itself: pass shuffle_subjects=False (and shuffle=True to the sampler)."
             )
+        if subject_sampler is not None:
+            check_subject_sampler(subject_sampler, len(subjects))
+        if equalize not in EQUALIZE_POLICIES:
+            raise ValueError(f"equalize must be one of {EQUALIZE_POLICIES}, got {equalize!r}")
         if not isinstance(patch_sampler, PatchSampler):
             raise TypeError(
                 f"patch_sampler must be a shmqueue sampler (e.g. UniformSampler), got"
@@ -133,11 +161,13 @@ class Queue(IterableDataset[Subject]):
         self.shuffle_subjects = shuffle_subjects
         self.shuffle_patches = shuffle_patches
         self.subject_sampler = subject_sampler
+        self.equalize = equalize
         self.seed = secrets.randbits(63) if seed is None else int(seed)
         self.deterministic = deterministic
         self.backend = resolve_backend(backend)
         self._context = _resolve_context(multiprocessing_context)
         self._patch_counts, self.layout = self._inspect_subjects()
+        self._preflight(check_memory)
         self._pipeline = SubjectPipeline(subjects, transform, patch_sampler)
         self._epoch = 0
         self._coordinator: Coordinator | None = None
@@ -156,6 +186,8 @@ class Queue(IterableDataset[Subject]):
     @property
     def patches_per_epoch(self) -> int:
         """Patches yielded per epoch (``num_subjects * patches_per_volume`` for random samplers)."""
+        if predictable_sampler(self.subject_sampler) is not None:  # equalised across ranks
+            return self._plan(self._epoch).total_patches
         if all(count == self.patches_per_volume for count in self._patch_counts):
             return self.num_subjects * self.patches_per_volume
         indices = (
@@ -186,11 +218,81 @@ class Queue(IterableDataset[Subject]):
         if hasattr(self.subject_sampler, "set_epoch"):
             self.subject_sampler.set_epoch(epoch)
 
+    def estimate_memory(
+        self,
+        batch_size: int = 16,
+        pin_memory: bool = False,
+        ranks_per_node: int = 1,
+        measure: bool = False,
+    ) -> MemoryEstimate:
+        """This queue's memory, term by term (:func:`shmqueue.estimate_memory` for its config).
+
+        :attr:`max_memory` counts only the patch buffer; this adds the subjects in flight in the
+        workers, transform intermediates, batches and the processes themselves.
+
+        Args:
+            batch_size: the loader's batch size.
+            pin_memory: whether the loader pins batches.
+            ranks_per_node: training processes per machine, each with a queue like this one.
+            measure: measure the pipeline on the largest subjects instead of modelling it.
+
+        Returns:
+            The :class:`~shmqueue.MemoryEstimate`; ``print()`` it for a table.
+
+        Example:
+            >>> import torch, shmqueue as sq
+            >>> subjects = [sq.Subject(t1=sq.ScalarImage(torch.rand(1, 32, 32, 32)))] * 4
+            >>> queue = sq.Queue(subjects, sq.UniformSampler(None, 16), max_length=8,
+            ...                  patches_per_volume=2)
+            >>> queue.estimate_memory(batch_size=4).total_per_rank > queue.max_memory
+            True
+        """
+        return estimate_memory(
+            self.subjects,
+            self.sampler,
+            max_length=self.max_length,
+            num_workers=self.num_workers,
+            batch_size=batch_size,
+            transform=self.transform,
+            ranks_per_node=ranks_per_node,
+            pin_memory=pin_memory,
+            patches_per_volume=self.patches_per_volume,
+            measure=measure,
+            images={field.name: (field.channels, field.dtype) for field in self.layout.fields},
+            multiprocessing_context=self._context,
+        )
+
     def stats(self) -> QueueStats:
         """Buffer fill, patches produced and consumed, consumer waits, per-worker timings."""
         if self._coordinator is not None:
             return self._coordinator.stats
         return self._in_process_stats
+
+    def plan(self, epoch: int) -> EpochPlan:
+        """The plan of ``epoch``: its subjects in order, their patch counts and seeds.
+
+        The patches of an epoch are exactly those of its plan's tasks (contract 1), and each
+        task's augmentation and patch positions follow from its seed alone (contract 6), so this
+        is what :func:`shmqueue.testing.check_queue` checks an epoch against. Asking does not
+        change the queue. With a ``subject_sampler`` the order is the sampler's current one, so
+        call :meth:`set_epoch` first, as before iterating.
+
+        Args:
+            epoch: the epoch to plan.
+
+        Returns:
+            The :class:`~shmqueue.plan.EpochPlan`: ``plan.tasks`` lists each subject's
+            ``subject_index``, ``occurrence``, ``num_patches`` and ``seed``.
+
+        Example:
+            >>> import torch, shmqueue as sq
+            >>> subjects = [sq.Subject(t1=sq.ScalarImage(torch.rand(1, 8, 8, 8)))] * 3
+            >>> queue = sq.Queue(subjects, sq.UniformSampler(None, 4), max_length=4,
+            ...                  patches_per_volume=2, shuffle_subjects=False, seed=0)
+            >>> [(task.subject_index, task.num_patches) for task in queue.plan(0).tasks]
+            [(0, 2), (1, 2), (2, 2)]
+        """
+        return self._plan(epoch)
 
     # Iteration ------------------------------------------------------------------------------------
 
@@ -298,16 +400,38 @@ class Queue(IterableDataset[Subject]):
         layout = SlotLayout.build(self.sampler.patch_size, images, self.max_length)
         return counts, layout
 
-    def _plan(self, epoch: int) -> EpochPlan:
-        order = subject_order(
-            len(self.subjects), epoch, self.seed, self.shuffle_subjects, self.subject_sampler
+    def _preflight(self, check_memory: bool) -> None:
+        """Contract 9: a plan that cannot fit fails now, before anything is allocated."""
+        estimate = self.estimate_memory()
+        # This process, its subjects and the libraries exist already; the helpers do not.
+        resident = estimate.coordinator.total - estimate.coordinator.helpers
+        preflight(estimate, self.backend, check_memory, resident=resident)
+
+    def _plan(self, epoch: int, upcoming: bool = False) -> EpochPlan:
+        sharded = predictable_sampler(self.subject_sampler)
+        target = None
+        if sharded is None:
+            order = subject_order(
+                len(self.subjects), epoch, self.seed, self.shuffle_subjects, self.subject_sampler
+            )
+        else:
+            # Every rank's order is a pure function of the sampler's epoch (``upcoming``: the
+            # next one, for prefetching), so every rank equalises its patches without talking.
+            sampler_epoch = sharded.epoch + 1 if upcoming else sharded.epoch
+            order = sharded.indices_for(sampler_epoch, sharded.rank)
+            totals = sharded.patch_totals(sampler_epoch, self._patch_counts)
+            target = common_patch_total(totals, self.equalize)
+        return make_epoch_plan(
+            epoch, order, self._patch_counts, self.seed, self.shuffle_patches, target
         )
-        return make_epoch_plan(epoch, order, self._patch_counts, self.seed, self.shuffle_patches)
 
     def _begin_epoch(self) -> EpochPlan:
         if self._closed_reason is not None:
             raise QueueClosedError(f"The queue cannot be iterated: {self._closed_reason}.")
         plan = self._plan(self._epoch)
+        sharded = predictable_sampler(self.subject_sampler)
+        if sharded is not None:
+            warn_equalized(plan, sharded)
         self._epoch += 1
         return plan
 
@@ -322,12 +446,20 @@ class Queue(IterableDataset[Subject]):
                 self.deterministic,
             )
         # The next epoch can be prefetched only if its order is ours to know in advance.
-        upcoming = None if self.subject_sampler is not None else self._plan(self._epoch)
+        sharded = predictable_sampler(self.subject_sampler)
+        predictable = self.subject_sampler is None or sharded is not None
+        upcoming = self._plan(self._epoch, upcoming=True) if predictable else None
         self._guarded(self._coordinator.start_epoch, plan, upcoming)
         return self._coordinator
 
     def _guarded(self, call: Any, *args: Any) -> Any:
-        """Run an engine call; any failure leaves the engine shut down, never half-running."""
+        """Run an engine call; any failure leaves the engine shut down, never half-running.
+
+        An iteration begun before :meth:`close` (or a failure) ends here with
+        :class:`QueueClosedError` instead of reaching the stopped engine.
+        """
+        if self._closed_reason is not None:
+            raise QueueClosedError(f"The queue cannot be iterated: {self._closed_reason}.")
         try:
             return call(*args)
         except BaseException as error:
@@ -342,8 +474,7 @@ class Queue(IterableDataset[Subject]):
 
     def _in_process_patches(self, plan: EpochPlan) -> Iterator[Subject]:
         stats = self._in_process_stats
-        patches: dict[int, list[Subject]] = {}
-        remaining: dict[int, int] = {}
+        patches: dict[tuple[int, int], Subject] = {}  # (position, patch): buffered, not yielded
         for event in mixing_schedule(plan.tasks, self.max_length, plan.mixing_seed):
             if isinstance(event, Admit):
                 task = plan.tasks[event.position]
@@ -356,21 +487,18 @@ class Queue(IterableDataset[Subject]):
                         f"Processing {description} in epoch {task.epoch} failed in the training"
                         f" process: {type(error).__name__}: {error}"
                     ) from error
-                patches[event.position] = [
-                    self._with_layout_dtypes(extract_patch(subject, location))
-                    for location in locations
-                ]
-                remaining[event.position] = len(locations)
+                for number, location in enumerate(locations):
+                    patches[event.position, number] = self._with_layout_dtypes(
+                        extract_patch(subject, location)
+                    )
+                del subject  # hold one subject at a time, not the last one while loading the next
                 elapsed = time.perf_counter() - started
                 stats.subject_seconds.setdefault(0, []).append(elapsed)
                 stats.consumer_wait_seconds += elapsed
                 stats.patches_produced += len(locations)
                 stats.ready += len(locations)
                 continue
-            patch = patches[event.position][event.patch]
-            remaining[event.position] -= 1
-            if remaining[event.position] == 0:
-                del patches[event.position], remaining[event.position]
+            patch = patches.pop((event.position, event.patch))
             stats.patches_consumed += 1
             stats.ready -= 1
             yield patch
@@ -398,11 +526,14 @@ class Queue(IterableDataset[Subject]):
         subject = self.subjects[taken.task.subject_index]
         images = {
             field.name: subject[field.name].as_patch(
-                self._coordinator.ring.patches[field.name][taken.slot].clone(), location.index
+                _copy_out(self._coordinator.ring.patches[field.name][taken.slot]),
+                location.index,
+                taken.state.affines[field.name],
             )
             for field in self.layout.fields
         }
-        return Subject({**subject.metadata, **images, PATCH_LOCATION_KEY: location})
+        metadata = taken.state.metadata(subject)
+        return Subject({**metadata, **images, PATCH_LOCATION_KEY: location})
 
 
 class _BatchBuilder:
@@ -418,32 +549,41 @@ class _BatchBuilder:
             )
             for field in self.layout.fields
         }
-        self.sources: list[Subject] = []
+        self.taken: list[TakenPatch] = []
         self.locations: list[PatchLocation] = []
 
     def add(self, taken: TakenPatch) -> None:
-        row = len(self.sources)
+        row = len(self.taken)
         for name, stacked in self.data.items():
-            stacked[row].copy_(self.ring.patches[name][taken.slot])
+            # numpy copies in this thread (see _copy_out)
+            np.copyto(stacked[row].numpy(), self.ring.patches[name][taken.slot].numpy())
         self.locations.append(self.queue._slot_location(taken))
-        self.sources.append(self.queue.subjects[taken.task.subject_index])
+        self.taken.append(taken)
 
     def build(self) -> Batch:
-        count = len(self.sources)
+        count = len(self.taken)
         names = list(self.data)
+        sources = [self.queue.subjects[taken.task.subject_index] for taken in self.taken]
         return Batch.build(
             data={name: stacked[:count] for name, stacked in self.data.items()},
             affines={
                 name: [
-                    shift_affine(source[name].affine, location.index)
-                    for source, location in zip(self.sources, self.locations)
+                    shift_affine(taken.state.affines[name], location.index)
+                    for taken, location in zip(self.taken, self.locations)
                 ]
                 for name in names
             },
-            paths={name: [source[name].path for source in self.sources] for name in names},
-            metadata=[source.metadata for source in self.sources],
+            paths={name: [source[name].path for source in sources] for name in names},
+            metadata=[taken.state.metadata(source) for taken, source in zip(self.taken, sources)],
             locations=self.locations,
         )
+
+
+def _copy_out(patch: torch.Tensor) -> torch.Tensor:
+    """A copy of a slot's patch. numpy copies in this thread; torch would split a patch copy
+    across its intra-op threads, which stalls the training process while workers use the cores.
+    """
+    return torch.from_numpy(patch.numpy().copy())
 
 
 def _describe_spec(spec: dict[str, tuple[int, torch.dtype]]) -> str:

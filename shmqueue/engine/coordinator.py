@@ -34,7 +34,15 @@ from ..plan import EpochPlan, SubjectTask, Take, mixing_schedule
 from ..stats import QueueStats
 from .layout import SlotLayout
 from .pool import WorkerExited, WorkerPool
-from .protocol import PREFETCH_DEPTH, TaskDone, TaskFailed, TaskMessage, WorkerMessage, WorkerReady
+from .protocol import (
+    PREFETCH_DEPTH,
+    SubjectState,
+    TaskDone,
+    TaskFailed,
+    TaskMessage,
+    WorkerMessage,
+    WorkerReady,
+)
 from .ring import RingView, Segment, create_segment, pretty_bytes
 from .slots import SlotTable
 
@@ -53,6 +61,7 @@ class TakenPatch:
     slot: int
     task: SubjectTask
     patch: int
+    state: SubjectState
 
 
 class _EpochRun:
@@ -66,6 +75,8 @@ class _EpochRun:
         self.yielded = 0
         self.started = False
         self.ready: dict[PatchKey, int] = {}
+        self.states: dict[int, SubjectState] = {}  # by task position, once its patches are in
+        self.failure: SubjectProcessingError | None = None  # raised when the run becomes current
         self.ready_keys: list[PatchKey] = []  # free-running mode only
         self.chooser = None if plan.mixing_seed is None else random.Random(plan.mixing_seed)
         self.schedule: Iterator[Take] | None = None
@@ -159,6 +170,8 @@ class Coordinator:
         if self._current is not None:
             self._discard(self._current)
         self._current = run
+        if run.failure is not None:
+            raise run.failure
         self._upcoming = None if upcoming is None else self._new_run(upcoming)
         self.stats.first_patch_seconds = 0.0
         self._dispatch()
@@ -184,7 +197,7 @@ class Coordinator:
             self._slots.take(slot)
             run.yielded += 1
             try:
-                consume(TakenPatch(slot, run.plan.tasks[key[0]], key[1]))
+                consume(TakenPatch(slot, run.plan.tasks[key[0]], key[1], run.states[key[0]]))
             finally:
                 self._slots.release([slot])
             passed += 1
@@ -314,6 +327,7 @@ class Coordinator:
             return
         self._slots.fill(slots)
         run.in_flight -= 1
+        run.states[done.task.position] = done.state
         self.stats.patches_produced += len(slots)
         for patch, slot in enumerate(slots):
             key = (done.task.position, patch)
@@ -324,9 +338,11 @@ class Coordinator:
     def _task_failed(self, failed: TaskFailed) -> None:
         slots = self._worker_tasks[failed.worker_id].pop((failed.generation, failed.task.position))
         self._slots.abandon(slots)
-        if failed.generation not in self._runs:
+        run = self._runs.get(failed.generation)
+        if run is None:
             logger.warning("a task of an abandoned epoch failed: %s", failed.description)
             return
+        run.in_flight -= 1
         remote = RemoteTraceback(failed.traceback_text)
         cause: BaseException = remote
         summary = failed.traceback_text.strip().splitlines()[-1]
@@ -337,7 +353,11 @@ class Coordinator:
             f"Worker {failed.worker_id} failed on {failed.description} in epoch"
             f" {failed.task.epoch}: {summary}. The worker's traceback is shown above."
         )
-        raise error from cause
+        error.__cause__ = cause
+        if run is self._upcoming:  # a prefetched epoch: its failure belongs to that epoch
+            run.failure = run.failure or error
+            return
+        raise error
 
     def _worker_died(self, exited: WorkerExited) -> WorkerDiedError:
         tasks = [self._describe_task(*key) for key in self._worker_tasks[exited.worker_id]]

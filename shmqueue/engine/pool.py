@@ -7,14 +7,15 @@ never by polling. Shutdown follows steps 6-8 of protocol.py and is safe to call 
 
 from __future__ import annotations
 
+import pickle
 import signal
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 from multiprocessing.connection import Connection, wait
 from multiprocessing.context import BaseContext
 from multiprocessing.process import BaseProcess
+from typing import Any
 
 from ..pipeline import SubjectPipeline
 from .layout import SlotLayout
@@ -56,7 +57,7 @@ class WorkerExited:
         )
 
 
-@dataclass
+@dataclass(eq=False)  # hashed by identity: :meth:`WorkerPool.wait` collects the dead in a dict
 class _Worker:
     worker_id: int
     process: BaseProcess
@@ -77,6 +78,7 @@ class WorkerPool:
     ) -> None:
         self._closed = False
         self._workers: list[_Worker] = []
+        self._pids: list[int | None] = []
         lifeline_reader, self._lifeline = context.Pipe(duplex=False)
         fork = context.get_start_method() == "fork"
         inherited = (self._lifeline.fileno(),) if fork else ()
@@ -100,9 +102,12 @@ class WorkerPool:
                     daemon=True,
                 )
                 self._workers.append(_Worker(worker_id, process, task_writer, result_reader))
-                process.start()
-                task_reader.close()
-                result_writer.close()
+                try:
+                    _start(process, context.get_start_method())
+                finally:  # the worker's ends: the child has its own copies (or never started)
+                    task_reader.close()
+                    result_writer.close()
+                self._pids.append(process.pid)
         except BaseException:
             self.close()
             raise
@@ -115,7 +120,8 @@ class WorkerPool:
 
     @property
     def pids(self) -> list[int | None]:
-        return [worker.process.pid for worker in self._workers]
+        """The workers' process ids, also after :meth:`close` (a closed Process has none)."""
+        return list(self._pids)
 
     def send(self, worker_id: int, message: TaskMessage) -> None:
         self._workers[worker_id].tasks.send(message)
@@ -170,6 +176,22 @@ class WorkerPool:
             worker.results.close()
             if worker.process.pid is not None:
                 worker.process.close()
+
+
+def _start(process: BaseProcess, start_method: str) -> None:
+    """Start ``process``; under spawn or forkserver its arguments are pickled, and a failure
+    to pickle becomes a :class:`TypeError` that says what to change."""
+    try:
+        process.start()
+    except (pickle.PicklingError, AttributeError, TypeError) as error:
+        if start_method == "fork":
+            raise
+        raise TypeError(
+            f"Cannot start a worker process with the '{start_method}' start method: the subjects,"
+            f" transform and sampler are pickled to reach it, and pickling failed: {error}."
+            " Define transforms and functions at module level (a lambda or a function defined"
+            " inside another cannot be pickled), or use multiprocessing_context='fork'."
+        ) from error
 
 
 def _join_all(processes: Sequence[BaseProcess], timeout: float) -> None:

@@ -24,7 +24,7 @@ import mmap
 import os
 import secrets
 import shutil
-from multiprocessing import reduction, shared_memory
+from multiprocessing import reduction, resource_tracker, shared_memory
 from typing import Any, Protocol
 
 import numpy as np
@@ -188,11 +188,21 @@ class NamedSegment:
     def seal(self) -> None:
         if self._linked:
             self._linked = False
-            self._segment.unlink()
+            try:
+                self._segment.unlink()
+            except FileNotFoundError:
+                # Someone removed the name behind our back (a /dev/shm cleaner): it is gone
+                # either way, and close() must still release the mapping and the descriptor.
+                resource_tracker.unregister(
+                    self._segment._name,  # type: ignore[attr-defined]
+                    "shared_memory",
+                )
 
     def close(self) -> None:
+        """Unlink (if not yet sealed) and unmap; safe to call twice, like the memfd backend."""
         self.seal()
-        del self.buffer
+        if hasattr(self, "buffer"):
+            del self.buffer  # our reference only: the segment releases the view itself
         try:
             self._segment.close()
         except BufferError:

@@ -52,43 +52,48 @@ class SlotTable:
         """Hand ``count`` free slots to a worker."""
         if count > len(self._free):
             raise SlotStateError(f"asked for {count} slots, {len(self._free)} are free")
-        slots = [self._free.pop() for _ in range(count)]
-        for slot in slots:
-            self._move(slot, SlotState.FREE, SlotState.WORKER)
-        return slots
+        return self._move_all(
+            [self._free.pop() for _ in range(count)], SlotState.FREE, SlotState.WORKER
+        )
 
     def fill(self, slots: Iterable[int]) -> None:
         """The worker has written these slots."""
-        for slot in slots:
-            self._move(slot, SlotState.WORKER, SlotState.READY)
+        self._move_all(slots, SlotState.WORKER, SlotState.READY)
 
     def take(self, slot: int) -> None:
         """The consumer reads this slot."""
-        self._move(slot, SlotState.READY, SlotState.CONSUMER)
+        self._move_all((slot,), SlotState.READY, SlotState.CONSUMER)
 
     def release(self, slots: Iterable[int]) -> None:
         """The consumer is done with these slots."""
-        self._free_all(slots, SlotState.CONSUMER)
+        self._free.extend(self._move_all(slots, SlotState.CONSUMER, SlotState.FREE))
 
     def abandon(self, slots: Iterable[int]) -> None:
         """A worker's reserved slots are not needed (stale or failed task)."""
-        self._free_all(slots, SlotState.WORKER)
+        self._free.extend(self._move_all(slots, SlotState.WORKER, SlotState.FREE))
 
     def discard(self, slots: Iterable[int]) -> None:
         """Ready slots of a stale epoch go back unread."""
-        self._free_all(slots, SlotState.READY)
+        self._free.extend(self._move_all(slots, SlotState.READY, SlotState.FREE))
 
-    def _free_all(self, slots: Iterable[int], expected: SlotState) -> None:
-        for slot in slots:
-            self._move(slot, expected, SlotState.FREE)
-            self._free.append(slot)
+    def _move_all(self, slots: Iterable[int], expected: SlotState, new: SlotState) -> list[int]:
+        """Move every slot from ``expected`` to ``new``, or (if any cannot) none of them.
 
-    def _move(self, slot: int, expected: SlotState, new: SlotState) -> None:
-        current = self._states[slot]
-        if current is not expected:
-            raise SlotStateError(
-                f"slot {slot} is {current.value}, expected {expected.value} to become {new.value}"
-            )
-        self._states[slot] = new
-        self._counts[expected] -= 1
-        self._counts[new] += 1
+        All or nothing, so that after a :class:`SlotStateError` the table still describes the
+        ring exactly and every slot is accounted for.
+        """
+        moving = list(slots)
+        for slot in moving:
+            current = self._states[slot]
+            if current is not expected:
+                raise SlotStateError(
+                    f"slot {slot} is {current.value}, expected {expected.value} to become"
+                    f" {new.value}"
+                )
+        if len(set(moving)) != len(moving):
+            raise SlotStateError(f"slots {moving} name a slot twice (to become {new.value})")
+        for slot in moving:
+            self._states[slot] = new
+        self._counts[expected] -= len(moving)
+        self._counts[new] += len(moving)
+        return moving

@@ -20,7 +20,7 @@ import torch
 
 from ..pipeline import SubjectPipeline
 from .layout import SlotLayout
-from .protocol import Shutdown, TaskDone, TaskFailed, TaskMessage, WorkerReady
+from .protocol import Shutdown, SubjectState, TaskDone, TaskFailed, TaskMessage, WorkerReady
 from .ring import RingView, SegmentHandle
 
 
@@ -56,6 +56,9 @@ def run_task(
                 patch_number,
                 *location.index,
             )
+        state = SubjectState.of(pipeline.subjects[task.subject_index], subject)
+        if state.changed_metadata:
+            pickle.dumps(state.changed_metadata)  # fail here, naming the subject, if it can't go
     except Exception as error:
         description = pipeline.subjects[task.subject_index].describe(task.subject_index)
         return TaskFailed(
@@ -67,7 +70,7 @@ def run_task(
             traceback.format_exc(),
         )
     elapsed = time.perf_counter() - started
-    return TaskDone(worker_id, message.generation, task, elapsed, _peak_rss())
+    return TaskDone(worker_id, message.generation, task, state, elapsed, _peak_rss())
 
 
 def worker_main(

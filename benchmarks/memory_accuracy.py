@@ -1,0 +1,452 @@
+"""Memory accuracy: ``Queue.estimate_memory()`` against the measured peak of the process tree.
+
+``python -m benchmarks.memory_accuracy [--repeats N] [--only NAME ...] [--output DIR]``
+
+For each configuration a fresh interpreter builds the queue, prints ``queue.estimate_memory()``
+and runs one epoch through a :class:`~shmqueue.SubjectsLoader`, while this process samples the
+child's whole process tree every 20 ms. The target is ``measured <= estimate <= 1.25 x
+measured`` in every configuration; the table goes to ``<output>/memory_accuracy.md``.
+
+What is measured: the tree's memory with each page counted once, which is what a memory limit
+charges:
+
+* anonymous memory: the sum over the tree of ``Pss_Anon`` (``/proc/<pid>/smaps_rollup``), in
+  which a page that forked processes still share copy-on-write is split among them, so it counts
+  once in the sum;
+* the shared libraries' resident pages (libtorch ...), mapped by every process: the largest
+  ``RssFile`` of the tree, once;
+* the ring: its bytes, once (they are reserved with ``posix_fallocate`` and so resident).
+
+The sum of USS plus the ring is shown too, as asked in the issue, but it is not a measure of the
+tree's memory: the training process's pages that forked workers still share are in nobody's USS
+(with 4 forked workers the USS sum is about a third of what the tree holds), the libraries'
+pages are in nobody's USS as soon as two processes map them, and a ring slot written but not yet
+read is in its worker's USS and in the ring bytes.
+
+The volumes are :mod:`benchmarks.data`'s synthetic heads (128^3 and one 160x128x128, int16,
+.nii.gz), label maps derived from them (uint8) and two-channel stacks, 40 subjects cycling over
+9 files, so that ``max_length=300`` fills.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+import psutil
+
+from .data import DatasetSpec, data_dir, ensure_dataset
+from .report import MIB, markdown_table, text_table
+
+TARGET = 1.25
+SAMPLE_SECONDS = 0.02
+TREE_SECONDS = 0.1  # how often to list the tree's processes again
+RUN_TIMEOUT = 600.0
+DERIVED_VERSION = 1
+NUM_SUBJECTS = 40
+
+T1_SPECS = (DatasetSpec(8, (128, 128, 128), seed=11), DatasetSpec(1, (160, 128, 128), seed=12))
+
+
+@dataclass(frozen=True)
+class Config:
+    """One queue configuration to estimate and measure."""
+
+    name: str
+    num_workers: int
+    start_method: str
+    max_length: int
+    patch_size: int
+    images: str  # "t1", "t1+seg" (a label map too) or "2ch" (one two-channel image)
+    transform: str  # "none", "noise" or "flip+noise"
+    batch_size: int = 16
+    patches_per_volume: int = 10
+
+
+CONFIGS = (
+    Config("in-process, small", 0, "fork", 50, 32, "t1", "none"),
+    Config("in-process, noise + labels", 0, "fork", 300, 64, "t1+seg", "noise"),
+    Config("1 fork worker, noise", 1, "fork", 50, 32, "t1", "noise"),
+    Config("1 spawn worker, labels", 1, "spawn", 300, 64, "t1+seg", "none"),
+    Config("2 fork workers, 2 channels", 2, "fork", 300, 96, "2ch", "flip+noise"),
+    Config("2 spawn workers, labels", 2, "spawn", 50, 64, "t1+seg", "noise"),
+    Config("4 fork workers, labels", 4, "fork", 300, 64, "t1+seg", "flip+noise"),
+    Config("4 spawn workers, 2 channels", 4, "spawn", 50, 32, "2ch", "none"),
+    Config("4 spawn workers, big ring", 4, "spawn", 300, 96, "t1", "noise"),
+    Config("4 fork workers, small", 4, "fork", 50, 32, "t1", "none"),
+)
+
+
+# Data -----------------------------------------------------------------------------------------
+
+
+def _derived(source: Path, kind: str, directory: Path) -> Path:
+    """A label map (``"seg"``) or two-channel image (``"2ch"``) made from a head volume once."""
+    path = directory / f"{kind}-v{DERIVED_VERSION}-{source.name}"
+    if path.exists():
+        return path
+    image = nib.load(source)
+    volume = np.asanyarray(image.dataobj)
+    if kind == "seg":  # background, tissue, bright tissue
+        data = (volume > np.percentile(volume, 40)).astype(np.uint8)
+        data += volume > np.percentile(volume, 80)
+    else:
+        data = np.stack([volume, volume[::-1]], axis=-1)
+    temporary = path.with_name(f".tmp-{path.name}")
+    nib.save(nib.Nifti1Image(data, image.affine), temporary)
+    temporary.rename(path)
+    return path
+
+
+def dataset() -> dict[str, list[dict[str, tuple[str, str]]]]:
+    """Per ``Config.images``: the subjects, each ``{image name: (kind, path)}``."""
+    t1 = [path for spec in T1_SPECS for path in ensure_dataset(spec)]
+    directory = data_dir() / "memory-accuracy"
+    directory.mkdir(parents=True, exist_ok=True)
+    files = [
+        {
+            "t1": ("scalar", str(path)),
+            "seg": ("label", str(_derived(path, "seg", directory))),
+            "2ch": ("scalar", str(_derived(path, "2ch", directory))),
+        }
+        for path in t1
+    ]
+    cycle = [files[index % len(files)] for index in range(NUM_SUBJECTS)]
+    return {
+        "t1": [{"t1": entry["t1"]} for entry in cycle],
+        "t1+seg": [{"t1": entry["t1"], "seg": entry["seg"]} for entry in cycle],
+        "2ch": [{"t1": entry["2ch"]} for entry in cycle],
+    }
+
+
+# The child: one configuration's epoch ---------------------------------------------------------
+
+
+def run_child(request: dict[str, Any]) -> None:
+    """In a fresh interpreter: build the queue, print its estimate, run one epoch."""
+    import shmqueue as sq
+
+    config = Config(**request["config"])
+    kinds = {"scalar": sq.ScalarImage, "label": sq.LabelMap}
+    subjects = [
+        sq.Subject({name: kinds[kind](path) for name, (kind, path) in entry.items()})
+        for entry in request["subjects"]
+    ]
+    transforms: dict[str, Any] = {
+        "none": None,
+        "noise": sq.Noise(std=10.0),
+        "flip+noise": sq.Compose([sq.Flip(axes=(0,), p=0.5), sq.Noise(std=10.0)]),
+    }
+    queue = sq.Queue(
+        subjects,
+        sq.UniformSampler(None, config.patch_size),
+        max_length=config.max_length,
+        patches_per_volume=config.patches_per_volume,
+        num_workers=config.num_workers,
+        transform=transforms[config.transform],
+        multiprocessing_context=config.start_method,
+        seed=0,
+    )
+    estimate = queue.estimate_memory(batch_size=config.batch_size)
+    print(json.dumps(estimate.to_dict()), flush=True)
+    checksum = 0.0
+    with queue:
+        for batch in sq.SubjectsLoader(queue, batch_size=config.batch_size):
+            checksum += float(batch["t1"]["data"].mean())  # a stand-in for the training step
+    print(json.dumps({"checksum": checksum}), flush=True)
+
+
+# The sampler ----------------------------------------------------------------------------------
+
+
+@dataclass
+class TreePeak:
+    """Peaks over a run, in bytes (the ring is added by the caller)."""
+
+    tree: int = 0  # sum of Pss_Anon + the largest RssFile, at the same sample
+    uss: int = 0  # sum of Private_Clean + Private_Dirty
+    parent: int = 0  # the training process's own peak: Pss_Anon
+    worker: int = 0  # the largest worker's peak: Pss_Anon
+    libraries: int = 0  # the largest RssFile
+    samples: int = 0
+    processes: int = 0
+    helpers: dict[int, str] = field(default_factory=dict)
+
+
+def _process_memory(pid: int) -> tuple[int, int, int]:
+    """``(Pss_Anon, Private_Clean + Private_Dirty, RssFile)`` of a process, in bytes."""
+    rollup: dict[str, int] = {}
+    with open(f"/proc/{pid}/smaps_rollup") as file:
+        for line in file:
+            parts = line.split()
+            if len(parts) == 3 and parts[2] == "kB":
+                rollup[parts[0]] = int(parts[1]) * 1024
+    with open(f"/proc/{pid}/status") as file:
+        rss_file = next(int(line.split()[1]) * 1024 for line in file if line.startswith("RssFile"))
+    private = rollup["Private_Clean:"] + rollup["Private_Dirty:"]
+    return rollup["Pss_Anon:"], private, rss_file
+
+
+def sample_tree(root_pid: int, stop: threading.Event, peak: TreePeak) -> None:
+    """Sample the tree of ``root_pid`` every 20 ms until ``stop`` is set or the root ends."""
+    root = psutil.Process(root_pid)
+    tree: list[psutil.Process] = [root]
+    listed = 0.0
+    while not stop.is_set():
+        now = time.monotonic()
+        if now - listed >= TREE_SECONDS:
+            try:
+                tree = [root, *root.children(recursive=True)]
+            except psutil.NoSuchProcess:
+                return
+            listed = now
+        anon = uss = files = count = 0
+        for process in tree:
+            try:
+                process_anon, private, rss_file = _process_memory(process.pid)
+            except (OSError, StopIteration, KeyError):
+                continue  # it exited since the tree was listed
+            anon += process_anon
+            uss += private
+            files = max(files, rss_file)
+            count += 1
+            if process.pid == root_pid:
+                peak.parent = max(peak.parent, process_anon)
+            elif process.name() == "python" and "resource_tracker" in _command(process):
+                peak.helpers[process.pid] = "resource tracker"
+            else:
+                peak.worker = max(peak.worker, process_anon)
+        peak.tree = max(peak.tree, anon + files)
+        peak.uss = max(peak.uss, uss)
+        peak.libraries = max(peak.libraries, files)
+        peak.processes = max(peak.processes, count)
+        peak.samples += 1
+        stop.wait(SAMPLE_SECONDS)
+
+
+def _command(process: psutil.Process) -> str:
+    try:
+        return " ".join(process.cmdline())
+    except psutil.Error:
+        return ""
+
+
+# The driver -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Result:
+    config: Config
+    estimate: dict[str, Any]
+    peak: TreePeak
+
+    @property
+    def ring(self) -> int:
+        return int(self.estimate["ring"])
+
+    @property
+    def measured(self) -> int:
+        return self.peak.tree + self.ring
+
+    @property
+    def estimated(self) -> int:
+        return int(self.estimate["total_per_rank"])
+
+    @property
+    def ratio(self) -> float:
+        return self.estimated / self.measured
+
+
+def measure(config: Config, subjects: list[dict[str, tuple[str, str]]]) -> Result:
+    """Run ``config`` in a fresh interpreter and sample its process tree."""
+    request = json.dumps({"config": asdict(config), "subjects": subjects})
+    child = subprocess.Popen(
+        [sys.executable, "-m", "benchmarks.memory_accuracy", "--child"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+    peak = TreePeak()
+    stop = threading.Event()
+    sampler = threading.Thread(target=sample_tree, args=(child.pid, stop, peak), daemon=True)
+    sampler.start()
+    try:
+        output, _ = child.communicate(request, timeout=RUN_TIMEOUT)
+    finally:
+        stop.set()
+        sampler.join()
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    if child.returncode != 0:
+        raise RuntimeError(f"configuration {config.name!r} failed (exit {child.returncode})")
+    estimate = json.loads(output.splitlines()[0])
+    return Result(config, estimate, peak)
+
+
+def _mib(size: float) -> str:
+    return f"{size / MIB:.0f}"
+
+
+def tables(results: Sequence[Result]) -> tuple[str, str, bool]:
+    """The text table, the markdown report, and whether every configuration met the target."""
+    headers = [
+        "configuration",
+        "workers",
+        "max_length",
+        "patch",
+        "images",
+        "transform",
+        "estimate MiB",
+        "measured MiB",
+        "ratio",
+        "USS+ring MiB",
+    ]
+    rows = []
+    for result in results:
+        config = result.config
+        workers = f"{config.num_workers} {config.start_method}" if config.num_workers else "0"
+        rows.append(
+            [
+                config.name,
+                workers,
+                str(config.max_length),
+                str(config.patch_size),
+                config.images,
+                config.transform,
+                _mib(result.estimated),
+                _mib(result.measured),
+                f"{result.ratio:.2f}",
+                _mib(result.peak.uss + result.ring),
+            ]
+        )
+    detail_headers = [
+        "configuration",
+        "ring",
+        "est. training process",
+        "meas. training process",
+        "est. per worker",
+        "meas. largest worker",
+        "est. libraries",
+        "meas. libraries",
+        "samples",
+    ]
+    details = []
+    for result in results:
+        estimate = result.estimate
+        coordinator = estimate["coordinator"]
+        in_process = estimate["worker"]["total"] if result.config.num_workers == 0 else 0
+        trainer = (
+            coordinator["total"]
+            - coordinator["shared_libraries"]
+            - coordinator["helpers"]
+            + estimate["consumer"]["total"]
+            + in_process
+        )
+        details.append(
+            [
+                result.config.name,
+                _mib(result.ring),
+                _mib(trainer),
+                _mib(result.peak.parent),
+                _mib(estimate["worker"]["total"]) if result.config.num_workers else "-",
+                _mib(result.peak.worker) if result.config.num_workers else "-",
+                _mib(coordinator["shared_libraries"]),
+                _mib(result.peak.libraries),
+                str(result.peak.samples),
+            ]
+        )
+    met = all(1.0 <= result.ratio <= TARGET for result in results)
+    verdict = (
+        f"Target met: measured <= estimate <= {TARGET} x measured in all {len(results)}"
+        " configurations."
+        if met
+        else f"Target NOT met (measured <= estimate <= {TARGET} x measured) in: "
+        + ", ".join(r.config.name for r in results if not 1.0 <= r.ratio <= TARGET)
+    )
+    text = "\n\n".join([text_table(headers, rows), text_table(detail_headers, details), verdict])
+    machine = (
+        f"{psutil.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.1f} GiB RAM,"
+        f" Python {sys.version.split()[0]}"
+    )
+    markdown = "\n\n".join(
+        [
+            "# Memory estimate vs measured peak",
+            f"Machine: {machine}. Generated by `python -m benchmarks.memory_accuracy`.",
+            "Measured: the process tree's peak with each page once: the sum of `Pss_Anon`, the"
+            " largest `RssFile` (shared libraries) and the ring, sampled every 20 ms. The USS"
+            " sum (+ ring) is shown for reference; see the script's docstring for why it is not"
+            " the tree's memory. Sizes in MiB; ratio = estimate / measured.",
+            markdown_table(headers, rows),
+            "Per process (estimated vs measured peaks; the training process excludes libraries"
+            " and helpers):",
+            markdown_table(detail_headers, details),
+            verdict,
+        ]
+    )
+    return text, markdown, met
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.memory_accuracy",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        help="runs per configuration; the largest measured peak is kept (default 1)",
+    )
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        default=None,
+        metavar="NAME",
+        help="run only configurations whose name contains one of these",
+    )
+    parser.add_argument("--output", type=Path, default=Path("bench-results"))
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        run_child(json.loads(sys.stdin.read()))
+        return 0
+    configs = [
+        config
+        for config in CONFIGS
+        if args.only is None or any(word in config.name for word in args.only)
+    ]
+    subjects = dataset()
+    results = []
+    for config in configs:
+        runs = [measure(config, subjects[config.images]) for _ in range(max(1, args.repeats))]
+        result = max(runs, key=lambda run: run.measured)
+        print(
+            f"{config.name}: estimate {_mib(result.estimated)} MiB, measured"
+            f" {_mib(result.measured)} MiB, ratio {result.ratio:.2f}",
+            file=sys.stderr,
+            flush=True,
+        )
+        results.append(result)
+    text, markdown, met = tables(results)
+    print(text)
+    args.output.mkdir(parents=True, exist_ok=True)
+    (args.output / "memory_accuracy.md").write_text(markdown + "\n")
+    print(f"\nwritten: {args.output / 'memory_accuracy.md'}")
+    return 0 if met else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,352 @@
+"""The memory estimator (contract 9): terms that add up, the ring's exact size, no voxel read,
+the model's terms for each kind of input, and the preflight that fails before any allocation."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import psutil
+import pytest
+import torch
+
+import shmqueue as sq
+import shmqueue.memory as memory
+from shmqueue.image import Image
+from shmqueue.machine import MemoryCapacity, cgroup_headroom, return_free_memory
+from shmqueue.memory import PROCESS_BASELINE, preflight
+from shmqueue.subject_memory import _nifti_storage
+
+MiB = 2**20
+
+
+def _worker_terms(worker: sq.memory.WorkerPeak) -> int:
+    return sum(
+        getattr(worker, field.name)
+        for field in dataclasses.fields(worker)
+        if isinstance(getattr(worker, field.name), int)
+    )
+
+
+def _ring_segment_sizes() -> list[int]:
+    """Sizes of the ring segments this process holds open (memfd descriptors)."""
+    sizes = []
+    for entry in Path("/proc/self/fd").iterdir():
+        try:
+            target = os.readlink(entry)
+        except OSError:
+            continue
+        if "shmqueue-ring" in target:
+            sizes.append(os.fstat(int(entry.name)).st_size)
+    return sizes
+
+
+def _capacity(available: int, shm_free: int | None = None) -> MemoryCapacity:
+    return MemoryCapacity(available, shm_free, f"{available} bytes available (test)")
+
+
+@pytest.mark.parametrize(
+    ("num_workers", "start_method", "pin_memory", "ranks"),
+    [(0, "fork", False, 1), (2, "fork", True, 1), (3, "spawn", False, 4), (1, "forkserver", True, 2)],
+)
+def test_terms_add_up(
+    nifti_subjects: list[sq.Subject],
+    num_workers: int,
+    start_method: str,
+    pin_memory: bool,
+    ranks: int,
+) -> None:
+    estimate = sq.estimate_memory(
+        nifti_subjects,
+        16,
+        max_length=40,
+        num_workers=num_workers,
+        batch_size=8,
+        transform=sq.Compose([sq.Flip(), sq.Noise()]),
+        ranks_per_node=ranks,
+        pin_memory=pin_memory,
+        patches_per_volume=5,
+        multiprocessing_context=start_method,
+    )
+    worker = estimate.worker
+    assert worker.total == _worker_terms(worker) > 0
+    consumer, coordinator = estimate.consumer, estimate.coordinator
+    assert consumer.total == consumer.batches + consumer.pinned + consumer.buffered_patches
+    assert coordinator.total == (
+        coordinator.baseline
+        + coordinator.shared_libraries
+        + coordinator.helpers
+        + coordinator.subjects
+    )
+    assert estimate.total_per_rank == (
+        estimate.ring
+        + max(num_workers, 1) * worker.total
+        + consumer.total
+        + coordinator.total
+    )
+    assert estimate.total_per_node == ranks * estimate.total_per_rank
+    report = json.loads(json.dumps(estimate.to_dict()))
+    assert report["total_per_rank"] == estimate.total_per_rank
+    assert report["worker"]["total"] == worker.total
+    assert report["config"]["start_method"] == start_method
+    text = str(estimate)
+    assert "total per rank" in text and "training process" in text
+    assert ("total per node" in text) == (ranks > 1)
+
+
+def test_ring_term_is_the_allocated_segment(nifti_subjects: list[sq.Subject]) -> None:
+    queue = sq.Queue(
+        nifti_subjects,
+        sq.UniformSampler(None, 16),
+        max_length=30,
+        patches_per_volume=5,
+        num_workers=1,
+        seed=0,
+    )
+    with queue:
+        estimate = queue.estimate_memory(batch_size=4)
+        batches = iter(sq.SubjectsLoader(queue, batch_size=4))
+        next(batches)
+        assert _ring_segment_sizes() == [estimate.ring]
+        assert estimate.ring == queue.layout.ring_bytes
+        del batches
+    standalone = sq.estimate_memory(
+        nifti_subjects, 16, max_length=30, num_workers=1, patches_per_volume=5
+    )
+    assert standalone.ring == estimate.ring  # the same layout, derived from the headers
+
+
+def test_no_voxel_is_read(
+    nifti_subjects: list[sq.Subject], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the estimate read voxels")
+
+    monkeypatch.setattr(Image, "load", refuse)
+    monkeypatch.setattr(nib.arrayproxy.ArrayProxy, "get_unscaled", refuse)
+    monkeypatch.setattr(nib.arrayproxy.ArrayProxy, "__array__", refuse)
+    estimate = sq.estimate_memory(
+        nifti_subjects, 16, num_workers=2, transform=sq.Noise(), patches_per_volume=5
+    )
+    assert estimate.worker.raw > 0
+    queue = sq.Queue(nifti_subjects, sq.UniformSampler(None, 16), num_workers=2)
+    assert queue.estimate_memory().worker.raw == estimate.worker.raw
+    queue.close()
+
+
+def test_loading_terms_follow_the_files(make_nifti: Callable[..., Path]) -> None:
+    """A .nii.gz int16 scalar image: gzip's copy while reading; then the read buffer, the
+    channels-first copy and the float32 volume (2 + 2 + 4 bytes per voxel) at the peak."""
+    volume = np.arange(32 * 24 * 20, dtype=np.int16).reshape(32, 24, 20)
+    voxels = volume.size
+    compressed = sq.Subject(t1=sq.ScalarImage(make_nifti("t1.nii.gz", volume)))
+    worker = sq.estimate_memory([compressed], 8, num_workers=1).worker
+    assert (worker.raw, worker.loaded, worker.conversion) == (4 * voxels, 4 * voxels, 0)
+    assert worker.phase == "converting 't1' to float32"
+
+    labels = sq.Subject(seg=sq.LabelMap(make_nifti("seg.nii", (volume % 3).astype(np.uint8))))
+    worker = sq.estimate_memory([labels], 8, num_workers=1).worker
+    assert (worker.raw, worker.loaded) == (2 * voxels, 0)  # the copy is the uint8 label map
+
+    scaled_image = nib.Nifti1Image(volume, np.eye(4))
+    scaled_image.header.set_slope_inter(2.0, -1024.0)
+    path = Path(make_nifti("ct.nii.gz", volume)).with_name("scaled.nii.gz")
+    nib.save(scaled_image, path)
+    worker = sq.estimate_memory([sq.Subject(ct=sq.ScalarImage(path))], 8, num_workers=1).worker
+    assert worker.phase == "scaling 'ct'"
+    assert (worker.raw, worker.conversion) == (4 * voxels, 8 * voxels)
+
+
+def test_transform_terms(tensor_subjects: list[sq.Subject]) -> None:
+    """Per volume: Noise and Flip one, a Compose of both two (the first's output stays alive
+    while the second runs), ZNormalization two; unknown callables two of every image."""
+    volume = 24 * 20 * 16 * 4
+
+    def transform_bytes(transform: object) -> int:
+        estimate = sq.estimate_memory(tensor_subjects, 8, transform=transform)  # type: ignore[arg-type]
+        return estimate.worker.transform
+
+    assert transform_bytes(None) == 0
+    assert transform_bytes(sq.Noise()) == volume
+    assert transform_bytes(sq.Flip()) == volume
+    assert transform_bytes(sq.Compose([sq.Flip(), sq.Noise()])) == 2 * volume
+    assert transform_bytes(sq.ZNormalization()) == 2 * volume
+    assert transform_bytes(lambda subject: subject) == 2 * volume
+    scalar_only = sq.Lambda(lambda data: data, types_to_apply=(sq.LabelMap,))
+    assert transform_bytes(scalar_only) == 0
+
+
+def test_baselines_follow_the_start_method(tensor_subjects: list[sq.Subject]) -> None:
+    def estimate(start_method: str) -> sq.MemoryEstimate:
+        return sq.estimate_memory(
+            tensor_subjects, 8, num_workers=2, multiprocessing_context=start_method
+        )
+
+    fork, spawn, forkserver = estimate("fork"), estimate("spawn"), estimate("forkserver")
+    assert fork.worker.baseline < spawn.worker.baseline == PROCESS_BASELINE
+    assert fork.coordinator.helpers == 0 < spawn.coordinator.helpers
+    assert forkserver.coordinator.helpers > spawn.coordinator.helpers  # the fork server itself
+    in_memory = sum(subject.t1.data.numel() * 4 for subject in tensor_subjects)
+    assert spawn.worker.subject_list - fork.worker.subject_list == in_memory  # pickled copies
+
+
+def test_consumer_terms(tensor_subjects: list[sq.Subject]) -> None:
+    patch = 8**3 * 4
+    engine = sq.estimate_memory(tensor_subjects, 8, num_workers=1, batch_size=6)
+    assert engine.consumer.batches >= 2 * 6 * patch
+    assert engine.consumer.buffered_patches == 0
+    pinned = sq.estimate_memory(tensor_subjects, 8, num_workers=1, batch_size=6, pin_memory=True)
+    assert pinned.consumer.pinned == 2 * 2 ** (6 * patch - 1).bit_length()
+    in_process = sq.estimate_memory(
+        tensor_subjects, 8, max_length=20, batch_size=6, patches_per_volume=10
+    )
+    assert in_process.ring == 0
+    assert in_process.consumer.buffered_patches >= (20 + 6) * patch
+    small_epoch = sq.estimate_memory(
+        tensor_subjects[:1], 8, max_length=20, batch_size=6, patches_per_volume=10
+    )
+    assert small_epoch.consumer.buffered_patches < in_process.consumer.buffered_patches
+
+
+def test_measure_replaces_the_model(nifti_subjects: list[sq.Subject]) -> None:
+    estimate = sq.estimate_memory(
+        nifti_subjects,
+        16,
+        num_workers=1,
+        transform=sq.Noise(),
+        patches_per_volume=3,
+        measure=True,
+        multiprocessing_context="fork",
+    )
+    worker = estimate.worker
+    assert worker.measured > 0
+    assert worker.raw == worker.loaded == worker.transform == 0
+    assert worker.total == worker.baseline + worker.subject_list + worker.measured
+
+
+@pytest.mark.parametrize(
+    "header",
+    ["nifti1", "nifti1-big-endian", "nifti2", "scaled", "float-labels"],
+)
+def test_header_parse_agrees_with_nibabel(tmp_path: Path, header: str) -> None:
+    volume = np.arange(6 * 5 * 4, dtype=np.int16).reshape(6, 5, 4)
+    if header == "nifti1-big-endian":
+        volume = volume.astype(">i2")
+    if header == "float-labels":
+        volume = volume.astype(np.float32)
+    image_class = nib.Nifti2Image if header == "nifti2" else nib.Nifti1Image
+    image = image_class(volume, np.eye(4))
+    if header == "scaled":
+        image.header.set_slope_inter(0.5, 10.0)
+    path = tmp_path / f"{header}.nii.gz"
+    nib.save(image, path)
+    loaded = nib.load(path)
+    scaled = loaded.dataobj.slope != 1 or loaded.dataobj.inter != 0
+    assert _nifti_storage(path) == (np.dtype(loaded.get_data_dtype()), scaled)
+
+
+def test_preflight_fails_before_anything_is_allocated(
+    nifti_subjects: list[sq.Subject],
+) -> None:
+    children = {child.pid for child in psutil.Process().children(recursive=True)}
+    with pytest.raises(sq.MemoryBudgetError) as raised:
+        sq.Queue(
+            nifti_subjects,
+            sq.UniformSampler(None, 16),
+            max_length=10**8,  # 1.6 TB of patch slots
+            patches_per_volume=10,
+            num_workers=1,
+        )
+    error = raised.value
+    assert isinstance(error, MemoryError) and isinstance(error, sq.ShmqueueError)
+    assert error.estimate.ring > 10**12
+    message = str(error)
+    assert "max_length to at most" in message and "(now 100000000)" in message
+    assert "total per rank" in message  # the breakdown follows
+    assert {child.pid for child in psutil.Process().children(recursive=True)} == children
+    assert _ring_segment_sizes() == []
+
+
+def test_check_memory_false_skips_only_the_total(
+    tensor_subjects: list[sq.Subject], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    estimate = sq.estimate_memory(tensor_subjects, 8, max_length=10, num_workers=1)
+    room = estimate.ring + MiB  # the ring fits, the whole plan does not
+    monkeypatch.setattr(memory, "memory_capacity", lambda: _capacity(room))
+
+    def queue(check_memory: bool) -> sq.Queue:
+        return sq.Queue(
+            tensor_subjects,
+            sq.UniformSampler(None, 8),
+            max_length=10,
+            patches_per_volume=5,
+            num_workers=1,
+            check_memory=check_memory,
+        )
+
+    with pytest.raises(sq.MemoryBudgetError, match="num_workers|the patch size"):
+        queue(check_memory=True)
+    queue(check_memory=False).close()
+    monkeypatch.setattr(memory, "memory_capacity", lambda: _capacity(estimate.ring // 2))
+    with pytest.raises(sq.MemoryBudgetError, match="ring of patch slots"):
+        queue(check_memory=False)
+
+
+def test_named_backend_is_bounded_by_dev_shm(tensor_subjects: list[sq.Subject]) -> None:
+    estimate = sq.estimate_memory(tensor_subjects, 8, max_length=100, num_workers=1)
+    capacity = _capacity(10**12, shm_free=estimate.ring - 1)
+    (problem,) = memory.budget_problems(estimate, "named", capacity)
+    assert "/dev/shm" in problem and "--shm-size" in problem
+    assert memory.budget_problems(estimate, "memfd", capacity) == []
+    with pytest.raises(sq.MemoryBudgetError) as raised:
+        preflight(estimate, "named", check_memory=False, capacity=capacity)
+    assert raised.value.estimate is estimate
+
+
+def test_per_node_budget_counts_every_rank(tensor_subjects: list[sq.Subject]) -> None:
+    estimate = sq.estimate_memory(tensor_subjects, 8, num_workers=2, ranks_per_node=8)
+    capacity = _capacity(estimate.total_per_rank * 4)
+    assert memory.budget_problems(estimate, capacity=capacity) == []
+    (problem,) = memory.budget_problems(estimate, capacity=capacity, per_node=True)
+    assert "8 ranks" in problem
+
+
+def test_cgroup_headroom_reads_v2_and_v1(tmp_path: Path) -> None:
+    v2 = tmp_path / "v2"
+    (v2 / "job").mkdir(parents=True)
+    (v2 / "job" / "memory.max").write_text(f"{1024 * MiB}\n")
+    (v2 / "job" / "memory.current").write_text(f"{700 * MiB}\n")
+    (v2 / "job" / "memory.stat").write_text(f"anon 1\ninactive_file {100 * MiB}\n")
+    (v2 / "memory.max").write_text("max\n")
+    membership = tmp_path / "cgroup-v2"
+    membership.write_text("0::/job\n")
+    assert cgroup_headroom(v2, membership) == (1024 * MiB, 424 * MiB)
+
+    v1 = tmp_path / "v1" / "memory"
+    v1.mkdir(parents=True)
+    (v1 / "memory.limit_in_bytes").write_text(f"{2048 * MiB}\n")
+    (v1 / "memory.usage_in_bytes").write_text(f"{48 * MiB}\n")
+    membership.write_text("4:memory:/\n1:cpu:/\n")
+    assert cgroup_headroom(tmp_path / "v1", membership) == (2048 * MiB, 2000 * MiB)
+
+    (v1 / "memory.limit_in_bytes").write_text("9223372036854771712\n")  # no limit
+    assert cgroup_headroom(tmp_path / "v1", membership) is None
+
+
+def test_memory_budget_error_pickles(tensor_subjects: list[sq.Subject]) -> None:
+    import pickle
+
+    estimate = sq.estimate_memory(tensor_subjects, 8)
+    error = pickle.loads(pickle.dumps(sq.MemoryBudgetError("too big", estimate)))
+    assert str(error) == "too big" and error.estimate == estimate
+
+
+def test_return_free_memory_is_safe() -> None:
+    before = torch.empty(8 * MiB, dtype=torch.uint8)
+    del before
+    return_free_memory()  # a no-op where glibc is absent; must never raise
