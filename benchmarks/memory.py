@@ -9,7 +9,8 @@ exited; summed over the training process and its workers it is the tree's own me
 * pages a forked worker still shares copy-on-write with its parent are in nobody's USS.
 
 PSS (each page divided among the processes mapping it) summed over the tree counts every page of
-the tree once, the touched part of the ring included, so it is recorded alongside as a check.
+the tree once, the touched part of the ring included, so it is recorded alongside as a check; it
+is followed between exact readings the same way as USS (below), with its own offset.
 
 Cost. USS and PSS come from ``/proc/<pid>/smaps_rollup``, whose read walks the process's page
 tables: ~16 ms for a 1 GiB process, so reading it for every process every 20 ms takes a third of a
@@ -19,8 +20,10 @@ every ``anchor_interval`` (0.5 s) and in between follows each process's anonymou
 process's USS is estimated as its anonymous RSS plus the offset ``USS - anonymous RSS`` of its last
 smaps reading. New allocations (tensors, volumes) are anonymous and private, so the estimate
 follows the short peaks that a 0.5 s reading would miss; the offset drifts only as copy-on-write
-pages are split or ring pages change hands, and is re-measured every 0.5 s. The thread measures
-its own CPU time, so the report can show what it took from the run.
+pages are split or ring pages change hands, and is re-measured every 0.5 s, and at once for the
+whole tree when a process appears (a fork makes its parent's pages shared, which moves the
+parent's offsets). The thread measures its own CPU time, so the report can show what it took from
+the run.
 """
 
 from __future__ import annotations
@@ -41,8 +44,8 @@ TREE_SECONDS = 0.1  # how often to look for new child processes (a scan of /proc
 class TreeMemory:
     """Peaks over a sampling period, in bytes, of sums over the process and its descendants.
 
-    ``peak_uss`` is followed every 20 ms (see the module's docstring); ``peak_pss`` and
-    ``peak_uss_exact`` come from the exact readings only, every 0.5 s.
+    ``peak_uss`` and ``peak_pss_followed`` are followed every 20 ms (see the module's
+    docstring); ``peak_pss`` and ``peak_uss_exact`` come from the exact readings only, every 0.5 s.
     """
 
     peak_uss: int
@@ -53,6 +56,7 @@ class TreeMemory:
     samples: int
     exact_samples: int
     sampler_cpu_seconds: float
+    peak_pss_followed: int
 
 
 class TreeMemorySampler:
@@ -80,7 +84,8 @@ class TreeMemorySampler:
         self._thread = threading.Thread(target=self._poll, name="tree-memory-sampler", daemon=True)
         self._tree: list[psutil.Process] = [self.root]
         self._offsets: dict[int, int] = {}  # pid -> USS - anonymous RSS at its last exact reading
-        self._peak_uss = self._peak_uss_exact = self._peak_pss = 0
+        self._pss_offsets: dict[int, int] = {}  # pid -> PSS - anonymous RSS, likewise
+        self._peak_uss = self._peak_uss_exact = self._peak_pss = self._peak_pss_followed = 0
         self._max_processes = self._samples = self._exact_samples = 0
         self._cpu_seconds = 0.0
         self._baseline_uss = 0
@@ -114,6 +119,7 @@ class TreeMemorySampler:
             samples=self._samples,
             exact_samples=self._exact_samples,
             sampler_cpu_seconds=self._cpu_seconds,
+            peak_pss_followed=self._peak_pss_followed,
         )
 
     def _poll(self) -> None:
@@ -148,34 +154,43 @@ class TreeMemorySampler:
                 info = process.memory_full_info()
             except (psutil.NoSuchProcess, psutil.ZombieProcess):
                 continue  # a child that exited since the tree was listed
-            self._offsets[process.pid] = info.uss - (info.rss - info.shared)
+            self._learn_offsets(process.pid, info.uss, info.pss, info.rss - info.shared)
             uss += info.uss
             pss += info.pss
             count += 1
         self._peak_uss_exact = max(self._peak_uss_exact, uss)
         self._peak_pss = max(self._peak_pss, pss)
         self._exact_samples += 1
-        self._record(uss, count)
+        self._record(uss, pss, count)
+
+    def _learn_offsets(self, pid: int, uss: int, pss: int, anonymous: int) -> None:
+        """Remember how far USS and PSS were from anonymous RSS at an exact reading."""
+        self._offsets[pid] = uss - anonymous
+        self._pss_offsets[pid] = pss - anonymous
 
     def _sample_estimate(self) -> None:
-        """Estimate the tree's USS from each process's anonymous RSS and offset (fast)."""
-        uss = count = 0
+        """Estimate the tree's USS and PSS from each process's anonymous RSS and offsets (fast).
+
+        A new process means a fork: its parent's pages are now shared, so every offset is
+        stale; an exact reading of the whole tree then replaces the estimate.
+        """
+        if any(process.pid not in self._offsets for process in self._tree):
+            self._sample_exact()
+            return
+        uss = pss = count = 0
         for process in self._tree:
             try:
-                offset = self._offsets.get(process.pid)
-                if offset is None:  # a new process: read it exactly once to learn its offset
-                    info = process.memory_full_info()
-                    self._offsets[process.pid] = info.uss - (info.rss - info.shared)
-                    uss += info.uss
-                else:
-                    info = process.memory_info()
-                    uss += info.rss - info.shared + offset
+                info = process.memory_info()
             except (psutil.NoSuchProcess, psutil.ZombieProcess):
                 continue
+            anonymous = info.rss - info.shared
+            uss += anonymous + self._offsets[process.pid]
+            pss += anonymous + self._pss_offsets[process.pid]
             count += 1
-        self._record(uss, count)
+        self._record(uss, pss, count)
 
-    def _record(self, uss: int, count: int) -> None:
+    def _record(self, uss: int, pss: int, count: int) -> None:
         self._peak_uss = max(self._peak_uss, uss)
+        self._peak_pss_followed = max(self._peak_pss_followed, pss)
         self._max_processes = max(self._max_processes, count)
         self._samples += 1

@@ -9,19 +9,23 @@ consumer waits.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import psutil
 import torch
 from torch import nn
 
 from .batch import Batch
+from .engine.ring import pretty_bytes
 from .image import LabelMap, ScalarImage
 from .loader import SubjectsLoader
 from .queue import Queue
@@ -132,6 +136,39 @@ class Timeline:
     fill: list[float] = field(default_factory=list)
     waits: list[float] = field(default_factory=list)
     epochs: list[int] = field(default_factory=list)
+
+
+class TreeMemory:
+    """Samples the proportional memory (PSS) of this process and its workers in a thread.
+
+    PSS counts each shared page once across processes, so the sum is the tree's real footprint,
+    the shared-memory ring included once.
+    """
+
+    def __init__(self, interval: float = 0.2) -> None:
+        self.interval = interval
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="shmqueue-demo-memory", daemon=True)
+
+    def __enter__(self) -> TreeMemory:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        me = psutil.Process()
+        while True:
+            total = 0
+            for process in [me, *me.children(recursive=True)]:
+                with contextlib.suppress(psutil.Error):
+                    total += process.memory_full_info().pss
+            self.peak = max(self.peak, total)
+            if self._stop.wait(self.interval):
+                return
 
 
 @dataclass(frozen=True)
@@ -289,7 +326,9 @@ def run_demo(
         seed=settings.seed,
     ) as queue:
         print(f"{queue}")
-        timeline, batches, loss = train(queue, settings)
+        estimate = queue.estimate_memory(batch_size=settings.batch_size)
+        with TreeMemory() as memory:
+            timeline, batches, loss = train(queue, settings)
         stats = queue.stats()
     elapsed = timeline.seconds[-1]
     print(
@@ -297,6 +336,14 @@ def run_demo(
         f" ({stats.patches_consumed / elapsed:.1f} patches/s), final loss {loss:.3f}; the"
         f" training loop waited {stats.consumer_wait_seconds:.1f} s in all"
         f" ({stats.first_patch_seconds:.1f} s for the first batch of the last epoch)."
+    )
+    print(
+        f"Memory: estimated {pretty_bytes(estimate.total_per_rank)} for the data pipeline"
+        f" before training (ring {pretty_bytes(estimate.ring)}, {settings.num_workers} workers"
+        f" {pretty_bytes(estimate.workers)}, training process"
+        f" {pretty_bytes(estimate.total_per_rank - estimate.ring - estimate.workers)});"
+        f" measured peak of the process tree (PSS) {pretty_bytes(memory.peak)}, which also holds"
+        " the model, its gradients and the optimiser, which the estimate does not know."
     )
     montage, timeline_path = output / "patches.png", output / "timeline.png"
     save_montage(batches, montage)

@@ -36,11 +36,14 @@ from .sampling.base import PatchSampler
 from .sampling.uniform import UniformSampler
 from .subject import Subject
 from .subject_memory import (
+    HEAP_BLOCK_LIMIT,
     MEASURED_SUBJECTS,
     ImageInfo,
+    Moment,
     image_info,
     measure_pipeline,
     peak_subject,
+    total_bytes,
 )
 from .transforms import SubjectTransform
 
@@ -48,20 +51,29 @@ MiB = 2**20
 
 # Constants, measured as the module docstring says ------------------------------------------------
 
-PROCESS_BASELINE = 150 * MiB
-"""Anonymous memory of an interpreter that imported shmqueue (torch, numpy, nibabel) and ran the
-pipeline once: a spawned worker, or the training process, before it holds any data."""
+PROCESS_BASELINE = 155 * MiB
+"""Anonymous memory of an interpreter that imported shmqueue (torch, numpy, nibabel) and has run
+the pipeline: a spawned worker, or the training process, besides the data it holds. Measured
+149-150 MiB idle, 155-157 MiB once it has loaded and transformed subjects."""
 
 SHARED_LIBRARIES = 88 * MiB
 """Resident pages of the shared libraries (libtorch and the rest), counted once per rank: every
-process of the tree maps the same pages."""
+process of the tree maps the same pages. Measured 83-87 MiB."""
 
-FORK_WORKER_BASELINE = 16 * MiB
-"""What a forked worker adds: the training process's pages it writes to (copy-on-write, mostly
-Python's reference counts and garbage collector) and its own small allocations."""
+FORK_WORKER_BASELINE = 8 * MiB
+"""What a forked worker adds: its own small allocations and the inherited pages it writes to.
+Measured 5.4 MiB per worker."""
+
+FORK_COPY_ON_WRITE = 42 * MiB
+"""Under fork, pages the training process and its workers shared that one of them rewrites: a
+full garbage collection in the training process rewrites every page holding Python objects
+(measured: 42 MiB copied), once per rank. A worker that made a full collection itself would copy
+as much again; its short-lived objects make that rare (``gc.freeze()`` before forking would rule
+it out)."""
 
 RESOURCE_TRACKER = 7 * MiB
-"""multiprocessing's resource tracker, which the spawn and forkserver start methods start."""
+"""multiprocessing's resource tracker, which the spawn and forkserver start methods start.
+Measured 6.3 MiB."""
 
 IMAGE_OBJECT_BYTES = 2048
 """An Image object with its cached header (path, affine, dtype), in a process's subject list."""
@@ -72,15 +84,14 @@ SUBJECT_PLAN_BYTES = 1024
 PATCH_OBJECT_BYTES = 4096
 """A patch image's objects besides its voxels (in-process path): Image, affine, location."""
 
-RETAINED_BATCHES = 9
+RETAINED_BATCHES = 6
 """Freed batches the training process's heap keeps, beyond the two alive. glibc serves blocks
-under its mmap threshold (which rises to 32 MiB after the first large free) from the heap, where
-the small allocations made between batches split the holes that freed batches leave; over
-several epochs the heap settled at about nine batches of such holes (measured with batches of
-2.5 and 20 MiB)."""
+under its mmap threshold (which rises to 32 MiB after the first large free) from its heap, where
+small allocations made between batches split the holes that freed batches leave. With a training
+step that allocates little on the CPU the heap kept 2.5 to 4.5 batches (benchmark configurations);
+6 leaves a margin. A step that allocates many small objects between batches can make it keep
+more: up to 11 batches were measured over six epochs with a loop that parsed text each batch."""
 
-HEAP_BLOCK_LIMIT = 32 * MiB
-"""glibc's largest mmap threshold: blocks this large are always mapped and unmapped directly."""
 
 # The estimate ---------------------------------------------------------------------------------
 
@@ -106,8 +117,10 @@ class WorkerPeak:
         transform: transform intermediates (e.g. Noise allocates one float32 volume per scalar
             image, Flip one copy of every image).
         sampler: the sampler's working memory (probability maps, padding).
+        allocator: loading's temporaries that the heap keeps while the transform and sampler
+            run (blocks under 32 MiB; the worker gives them back before its next subject).
         measured: with ``measure=True``, the measured peak above the process baseline, which
-            replaces the modelled terms ``raw`` to ``sampler`` (then 0).
+            replaces the modelled terms ``raw`` to ``allocator`` (then 0).
         subject: the subject that gives the peak.
         phase: what the worker is doing at the peak.
     """
@@ -120,6 +133,7 @@ class WorkerPeak:
     conversion: int
     transform: int
     sampler: int
+    allocator: int
     measured: int
     subject: str
     phase: str
@@ -127,17 +141,7 @@ class WorkerPeak:
     @property
     def total(self) -> int:
         """Bytes of one worker at its peak."""
-        return (
-            self.baseline
-            + self.subject_list
-            + self.raw
-            + self.decompression
-            + self.loaded
-            + self.conversion
-            + self.transform
-            + self.sampler
-            + self.measured
-        )
+        return total_bytes(self)
 
 
 @dataclass(frozen=True)
@@ -163,7 +167,7 @@ class ConsumerMemory:
 
     @property
     def total(self) -> int:
-        return self.batches + self.pinned + self.allocator + self.buffered_patches
+        return total_bytes(self)
 
 
 @dataclass(frozen=True)
@@ -175,6 +179,8 @@ class CoordinatorMemory:
         shared_libraries: the libraries' resident pages, shared by every process (counted once).
         helpers: multiprocessing's helper processes: the resource tracker (spawn, forkserver)
             and the fork server, which imports the main module (forkserver).
+        copy_on_write: under fork, shared pages that get copied when rewritten
+            (:data:`FORK_COPY_ON_WRITE`).
         subjects: the subject list with its cached headers, the voxels of in-memory images,
             and the epoch plans.
     """
@@ -182,11 +188,12 @@ class CoordinatorMemory:
     baseline: int
     shared_libraries: int
     helpers: int
+    copy_on_write: int
     subjects: int
 
     @property
     def total(self) -> int:
-        return self.baseline + self.shared_libraries + self.helpers + self.subjects
+        return total_bytes(self)
 
 
 @dataclass(frozen=True)
@@ -315,6 +322,7 @@ def _table(estimate: MemoryEstimate) -> Iterator[str]:
             ("intensity scaling / label checks", worker.conversion),
             ("transform intermediates", worker.transform),
             ("sampler (probability map, padding)", worker.sampler),
+            ("freed load buffers the heap keeps", worker.allocator),
             ("measured peak of load + transform + sample", worker.measured),
         ]
     )
@@ -338,6 +346,7 @@ def _table(estimate: MemoryEstimate) -> Iterator[str]:
             ("process baseline", coordinator.baseline),
             ("shared libraries (once for all processes)", coordinator.shared_libraries),
             ("multiprocessing helpers", coordinator.helpers),
+            ("pages shared with forked workers, copied on write", coordinator.copy_on_write),
             ("subjects, headers, epoch plans", coordinator.subjects),
         ]
     )
@@ -492,35 +501,28 @@ def estimate_memory(
         baseline = FORK_WORKER_BASELINE if forked else PROCESS_BASELINE
         subject_list = image_objects + (0 if forked else in_memory)
     if measure:
-        worker = WorkerPeak(
-            baseline=baseline,
-            subject_list=subject_list,
-            raw=0,
-            decompression=0,
-            loaded=0,
-            conversion=0,
-            transform=0,
-            sampler=0,
-            measured=measure_pipeline(
-                subjects, infos, transform, sampler, patches_per_volume, start_method
-            ),
-            subject=f"the largest {min(MEASURED_SUBJECTS, len(subjects))} subject(s)",
-            phase="measured",
+        data = Moment("measured")
+        measured = measure_pipeline(
+            subjects, infos, transform, sampler, patches_per_volume, start_method
         )
+        peak_description = f"the largest {min(MEASURED_SUBJECTS, len(subjects))} subject(s)"
     else:
-        worker = WorkerPeak(
-            baseline=baseline,
-            subject_list=subject_list,
-            raw=peak.raw,
-            decompression=peak.decompression,
-            loaded=peak.loaded,
-            conversion=peak.conversion,
-            transform=peak.transform,
-            sampler=peak.sampler,
-            measured=0,
-            subject=subjects[peak_index].describe(peak_index),
-            phase=peak.phase,
-        )
+        data, measured = peak, 0
+        peak_description = subjects[peak_index].describe(peak_index)
+    worker = WorkerPeak(
+        baseline=baseline,
+        subject_list=subject_list,
+        raw=data.raw,
+        decompression=data.decompression,
+        loaded=data.loaded,
+        conversion=data.conversion,
+        transform=data.transform,
+        sampler=data.sampler,
+        allocator=data.allocator,
+        measured=measured,
+        subject=peak_description,
+        phase=data.phase,
+    )
 
     patch_bytes = sum(field.nbytes for field in layout.fields)
     batch_bytes = batch_size * patch_bytes
@@ -550,6 +552,7 @@ def estimate_memory(
         baseline=PROCESS_BASELINE,
         shared_libraries=SHARED_LIBRARIES,
         helpers=helpers,
+        copy_on_write=FORK_COPY_ON_WRITE if num_workers and forked else 0,
         subjects=image_objects + in_memory + len(subjects) * SUBJECT_PLAN_BYTES,
     )
     return MemoryEstimate(
@@ -636,12 +639,13 @@ def budget_problems(
     total = (estimate.total_per_node if per_node else estimate.total_per_rank) - resident
     if check_ram and total > capacity.available:
         consumer = estimate.consumer
-        per_patch = consumer.buffered_patches // (layout.max_length + estimate.batch_size)
+        per_patch = sum(field.nbytes + PATCH_OBJECT_BYTES for field in layout.fields)
+        buffered = consumer.buffered_patches // per_patch - estimate.batch_size  # <= max_length
 
         def cost(max_length: int) -> int:
             if estimate.num_workers:
                 return total - ring_bytes(layout.max_length) + ring_bytes(max_length)
-            return total - ranks * per_patch * (layout.max_length - max_length)
+            return total - ranks * per_patch * (buffered - min(max_length, buffered))
 
         changes = []
         fits = _largest_fitting(capacity.available, layout.max_length, cost)
@@ -652,12 +656,16 @@ def budget_problems(
             workers = spare // (ranks * estimate.worker.total)
             if workers >= 1:
                 changes.append(f"num_workers to at most {workers} (now {estimate.num_workers})")
-        changes.append("the patch size")
         scope = f"{ranks} ranks" if ranks > 1 else "the queue"
+        advice = (
+            f"Lower {', or '.join(changes)}, or the patch size"
+            if changes
+            else "Even the smallest max_length and fewer workers would not fit: free memory"
+        )
         problems.append(
             f"The plan needs {pretty_bytes(total)} for {scope} but"
             f" {pretty_bytes(capacity.available)} is available ({capacity.description})."
-            f" Lower {', or '.join(changes)}; in a container, raise its memory limit."
+            f" {advice}; in a container, raise its memory limit."
         )
     return problems
 

@@ -403,8 +403,9 @@ class Queue(IterableDataset[Subject]):
     def _preflight(self, check_memory: bool) -> None:
         """Contract 9: a plan that cannot fit fails now, before anything is allocated."""
         estimate = self.estimate_memory()
-        # This process, its subjects and the libraries exist already; the helpers do not.
-        resident = estimate.coordinator.total - estimate.coordinator.helpers
+        # This process, its subjects and the libraries exist already; helpers and copies do not.
+        coordinator = estimate.coordinator
+        resident = coordinator.total - coordinator.helpers - coordinator.copy_on_write
         preflight(estimate, self.backend, check_memory, resident=resident)
 
     def _plan(self, epoch: int, upcoming: bool = False) -> EpochPlan:

@@ -40,3 +40,15 @@ def test_a_short_demo_trains_and_draws(tmp_path: Path, capsys: pytest.CaptureFix
         path = tmp_path / "out" / picture
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert path.stat().st_size > 10_000
+
+
+def test_the_command_line_runs_the_demo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import shmqueue.demo
+    from shmqueue.cli import main
+
+    calls: list[tuple[Path, Path | None]] = []
+    monkeypatch.setattr(
+        shmqueue.demo, "run_demo", lambda output, data: calls.append((output, data)) or 0
+    )
+    assert main(["demo", "--output", str(tmp_path / "pictures")]) == 0
+    assert calls == [(tmp_path / "pictures", None)]

@@ -1,0 +1,166 @@
+"""The comparison's figures (matplotlib, PNG): throughput bars, consumer waits over time, memory.
+
+Bars show medians; error bars span the repeats' minimum to maximum.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display
+
+import matplotlib.pyplot as plt
+from matplotlib.axes import Axes
+
+from ..report import MIB, Summary
+from .runs import Run
+from .scenarios import FIRST_BATCH, STEADY, TINY, WORKERS, Scenario
+from .tables import Comparison, Metric
+
+COLOURS = ("#1b9e77", "#d95f02", "#7570b3", "#e7298a")
+DPI = 110
+
+
+def _bars(axes: Axes, groups: Sequence[str], series: dict[str, list[Summary]], ylabel: str) -> None:
+    """Grouped bars: one group per label in ``groups``, one bar per series, min-max whiskers."""
+    width = 0.8 / len(series)
+    for number, (name, summaries) in enumerate(series.items()):
+        offsets = [group + (number - (len(series) - 1) / 2) * width for group in range(len(groups))]
+        medians = [summary.median for summary in summaries]
+        errors = [
+            [summary.median - summary.low for summary in summaries],
+            [summary.high - summary.median for summary in summaries],
+        ]
+        axes.bar(
+            offsets,
+            medians,
+            width,
+            yerr=errors,
+            capsize=2,
+            label=name,
+            color=COLOURS[number % len(COLOURS)],
+        )
+    axes.set_xticks(range(len(groups)), groups)
+    axes.set_ylabel(ylabel)
+    axes.grid(axis="y", alpha=0.3)
+
+
+def _scenario_bars(
+    axes: Axes, comparison: Comparison, scenario: Scenario, metric: Metric, ylabel: str
+) -> None:
+    settings = comparison.settings_of(scenario)
+    _bars(
+        axes,
+        [setting.label for setting in settings],
+        {
+            library.label: [comparison.summary(setting, library, metric) for setting in settings]
+            for library in comparison.libraries
+        },
+        ylabel,
+    )
+    axes.set_title(scenario.title, fontsize=10)
+
+
+def throughput_figure(comparison: Comparison, path: Path) -> None:
+    """Patches per second in (a), (c) and (d), and the first batch's latency in (b)."""
+    figure, panels = plt.subplots(2, 2, figsize=(12, 8))
+    for axes, scenario in zip(panels.flat, (STEADY, WORKERS, TINY)):
+        _scenario_bars(axes, comparison, scenario, lambda run: run.patches_per_second, "patches/s")
+    _scenario_bars(
+        panels[1, 1], comparison, FIRST_BATCH, lambda run: run.first_batch_seconds, "first batch s"
+    )
+    panels[0, 0].legend(fontsize=8)
+    figure.suptitle("Throughput (higher is better) and first-batch latency (lower is better)")
+    figure.tight_layout()
+    figure.savefig(path, dpi=DPI)
+    plt.close(figure)
+
+
+def _median_run(runs: Sequence[Run]) -> Run:
+    """The run whose throughput is the median (the lower middle one for an even count)."""
+    ordered = sorted(runs, key=lambda run: run.patches_per_second)
+    return ordered[(len(ordered) - 1) // 2]
+
+
+def waits_figure(comparison: Comparison, path: Path) -> None:
+    """For each steady-state setting and library, every wait inside ``next()`` over time."""
+    settings = comparison.settings_of(STEADY)
+    libraries = comparison.libraries
+    figure, panels = plt.subplots(
+        len(libraries),
+        len(settings),
+        figsize=(6 * len(settings), 1.9 * len(libraries)),
+        sharex="col",
+        squeeze=False,
+    )
+    for column, setting in enumerate(settings):
+        for row, library in enumerate(libraries):
+            axes = panels[row, column]
+            run = _median_run(comparison.runs_of(setting, library))
+            arrivals = [call[0] for call in run.result.calls]
+            waits = [call[1] for call in run.result.calls]
+            colour = COLOURS[row % len(COLOURS)]
+            axes.vlines(arrivals, 0, waits, color=colour, linewidth=1)
+            axes.plot(arrivals, waits, ".", color=colour, markersize=3)
+            axes.set_title(
+                f"{library.label}, {setting.label}: waited {run.wait_after_first_seconds:.1f} s"
+                f" of {run.seconds:.1f} s after the first batch",
+                fontsize=9,
+            )
+            axes.set_ylabel("wait s")
+            axes.grid(alpha=0.3)
+        panels[-1, column].set_xlabel("seconds since the first batch request")
+    figure.suptitle(f"{STEADY.title}: time the training loop waited for each batch (median run)")
+    figure.tight_layout()
+    figure.savefig(path, dpi=DPI)
+    plt.close(figure)
+
+
+def memory_figure(comparison: Comparison, path: Path) -> None:
+    """Peak PSS and USS (+ring) of each library's process tree beside its own estimate."""
+    settings = comparison.settings_of(STEADY)
+    figure, panels = plt.subplots(1, len(settings), figsize=(6 * len(settings), 4.5), sharey=True)
+    for axes, setting in zip(panels, settings):
+        libraries = comparison.libraries
+        estimates = [
+            comparison.runs_of(setting, library)[0].result.estimate_bytes for library in libraries
+        ]
+        _bars(
+            axes,
+            [library.label for library in libraries],
+            {
+                "peak PSS": [
+                    comparison.summary(setting, library, lambda run: run.peak_pss / MIB)
+                    for library in libraries
+                ],
+                "peak USS (+ring)": [
+                    comparison.summary(setting, library, lambda run: run.peak_uss / MIB)
+                    for library in libraries
+                ],
+                "own estimate": [Summary.of([(estimate or 0) / MIB]) for estimate in estimates],
+            },
+            "MiB",
+        )
+        axes.set_title(f"{STEADY.title}, {setting.label}", fontsize=10)
+        axes.tick_params(axis="x", labelsize=8)
+    panels[0].legend(fontsize=8)
+    figure.suptitle("Peak memory of the process tree vs each library's estimate (MONAI has none)")
+    figure.tight_layout()
+    figure.savefig(path, dpi=DPI)
+    plt.close(figure)
+
+
+def write_figures(comparison: Comparison, directory: Path) -> list[Path]:
+    """Write every figure into ``directory``; their paths."""
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = [
+        directory / "comparison-throughput.png",
+        directory / "comparison-waits.png",
+        directory / "comparison-memory.png",
+    ]
+    for draw, path in zip((throughput_figure, waits_figure, memory_figure), paths):
+        draw(comparison, path)
+    return paths

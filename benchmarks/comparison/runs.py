@@ -1,0 +1,225 @@
+"""Run a library's runner in its own venv, sample its process tree, and keep what it measured.
+
+Each measurement is a fresh ``python -m benchmarks.competitors.run_<library>`` process (so no run
+inherits another's heap, caches or warm imports); this process follows the memory of the runner
+and all its descendants from outside with :class:`~benchmarks.memory.TreeMemorySampler`, the same
+way for every library.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+
+from ..competitors.runner import Result
+from ..memory import TreeMemory, TreeMemorySampler
+from .scenarios import Setting
+
+ROOT = Path(__file__).resolve().parents[2]
+STDERR_LINES = 30  # of a failed runner's stderr, in the error
+
+
+@dataclass(frozen=True)
+class Library:
+    """A library under comparison: its runner module and its venv under ``--venvs``."""
+
+    key: str
+    label: str
+    runner: str  # module in benchmarks.competitors
+    venv: str  # directory under --venvs
+
+    def interpreter(self, venvs: Path) -> Path:
+        return venvs / self.venv / "bin" / "python"
+
+
+SHMQUEUE = Library("shmqueue", "shmqueue", "run_shmqueue", "shmqueue")
+TORCHIO_1 = Library("torchio-1", "TorchIO 1.2.1", "run_torchio1", "torchio-1.2.1")
+TORCHIO_2 = Library("torchio-2", "TorchIO 2.0.0a2", "run_torchio2", "torchio-2.0.0a2")
+MONAI = Library("monai", "MONAI 1.6", "run_monai", "monai-1.6")
+LIBRARIES = (SHMQUEUE, TORCHIO_1, TORCHIO_2, MONAI)
+
+
+class RunFailed(RuntimeError):
+    """A runner exited with an error or did not finish in time; the message has its stderr."""
+
+
+@dataclass(frozen=True)
+class Run:
+    """One library's run of one setting."""
+
+    library: Library
+    setting: Setting
+    repeat: int
+    result: Result
+    memory: TreeMemory
+
+    @property
+    def batch_calls(self) -> list[list[float]]:
+        """``[arrival s, wait s, patches]`` of the calls that returned a batch."""
+        return [call for call in self.result.calls if call[2]]
+
+    @property
+    def patches(self) -> int:
+        return sum(self.result.epoch_patches)
+
+    @property
+    def seconds(self) -> float:
+        """From the first batch request to the last batch's arrival."""
+        return self.batch_calls[-1][0]
+
+    @property
+    def patches_per_second(self) -> float:
+        return self.patches / self.seconds
+
+    @property
+    def epoch_patches_per_second(self) -> list[float]:
+        """Each epoch's patches over the time from its first request to its last batch."""
+        rates, started, last_batch = [], 0.0, 0.0
+        for arrival, _, patches in self.result.calls:
+            if patches:
+                last_batch = arrival
+            else:  # the call that ends the epoch
+                epoch = len(rates)
+                rates.append(self.result.epoch_patches[epoch] / (last_batch - started))
+                started = arrival
+        return rates
+
+    @property
+    def first_batch_seconds(self) -> float:
+        return self.result.calls[0][1]
+
+    @property
+    def wait_after_first_seconds(self) -> float:
+        """Time inside ``next()`` after the first batch, calls that end an epoch included."""
+        return sum(call[1] for call in self.result.calls[1:])
+
+    @property
+    def peak_pss(self) -> int:
+        """Peak PSS of the tree, followed every 20 ms (exact every 0.5 s)."""
+        return self.memory.peak_pss_followed
+
+    @property
+    def peak_uss(self) -> int:
+        """Peak USS of the tree plus shared memory reserved up front (shmqueue's ring)."""
+        return self.memory.peak_uss + self.result.reserved_bytes
+
+
+def check_venvs(libraries: Sequence[Library], venvs: Path) -> None:
+    """Raise SystemExit naming the missing venvs and how to make them."""
+    missing = [
+        str(lib.interpreter(venvs)) for lib in libraries if not lib.interpreter(venvs).exists()
+    ]
+    if missing:
+        raise SystemExit(
+            "missing competitor venvs (make bench-compare creates them): " + ", ".join(missing)
+        )
+
+
+def run_once(
+    library: Library, setting: Setting, paths: Sequence[Path], venvs: Path
+) -> tuple[Result, TreeMemory]:
+    """Run ``setting`` with ``library`` in a fresh process; its result and its tree's memory.
+
+    Raises:
+        RunFailed: the runner exited with an error, or did not finish within the setting's
+            timeout (it is then killed with its workers).
+    """
+    command = [str(library.interpreter(venvs)), "-m", f"benchmarks.competitors.{library.runner}"]
+    child = subprocess.Popen(
+        command,
+        cwd=ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        with TreeMemorySampler(child.pid) as sampler:
+            output, errors = child.communicate(
+                setting.request(paths).to_json(), timeout=setting.timeout_seconds
+            )
+    except subprocess.TimeoutExpired:
+        _kill_tree(child)
+        raise RunFailed(
+            f"{library.label} on {setting.key!r} did not finish in {setting.timeout_seconds:.0f} s"
+        ) from None
+    if child.returncode != 0 or not output.strip():
+        tail = "\n".join(errors.splitlines()[-STDERR_LINES:])
+        raise RunFailed(
+            f"{library.label} on {setting.key!r} exited with {child.returncode}:\n{tail}"
+        )
+    return Result(**json.loads(output.splitlines()[-1])), sampler.result
+
+
+def _kill_tree(child: subprocess.Popen[str]) -> None:
+    """Kill the runner and the worker processes it started."""
+    try:
+        descendants = psutil.Process(child.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        descendants = []
+    for process in descendants:
+        process.kill()
+    child.kill()
+    child.communicate()
+
+
+def run_all(
+    settings: Sequence[Setting],
+    libraries: Sequence[Library],
+    paths: Sequence[Path],
+    venvs: Path,
+    progress: Callable[[str], None],
+) -> list[Run]:
+    """Every setting with every library, ``setting.repeats`` times, interleaved.
+
+    Within a repeat each setting runs once per library, back to back, and the libraries' order
+    rotates from one repeat to the next, so that load from other processes and drift of the
+    machine spread over all libraries instead of falling on one.
+    """
+    runs = []
+    for repeat in range(max(setting.repeats for setting in settings)):
+        order = [*libraries[repeat % len(libraries) :], *libraries[: repeat % len(libraries)]]
+        for setting in settings:
+            if repeat >= setting.repeats:
+                continue
+            for library in order:
+                started = time.monotonic()
+                result, memory = run_once(library, setting, paths, venvs)
+                run = Run(library, setting, repeat, result, memory)
+                runs.append(run)
+                progress(
+                    f"[{repeat + 1}/{setting.repeats}] {setting.key}, {library.label}:"
+                    f" {run.patches_per_second:.1f} patches/s, first batch"
+                    f" {run.first_batch_seconds:.2f} s, peak PSS {run.peak_pss / 2**20:.0f} MiB"
+                    f" ({time.monotonic() - started:.0f} s)"
+                )
+    return runs
+
+
+def wait_for_quiet_machine(
+    progress: Callable[[str], None],
+    threshold: float = 1.0,
+    poll_seconds: float = 30.0,
+    give_up_seconds: float = 1200.0,
+) -> float:
+    """Wait until the 1-minute load average is below ``threshold``; give up after a while.
+
+    Returns the load average when the wait ended (above ``threshold`` if it gave up).
+    """
+    deadline = time.monotonic() + give_up_seconds
+    while True:
+        load = os.getloadavg()[0]
+        if load < threshold:
+            return load
+        if time.monotonic() >= deadline:
+            progress(f"load average still {load:.2f} after {give_up_seconds:.0f} s: running anyway")
+            return load
+        progress(f"load average {load:.2f} >= {threshold}: waiting {poll_seconds:.0f} s")
+        time.sleep(poll_seconds)  # polling the load average: there is nothing to wait on

@@ -1,0 +1,189 @@
+"""The comparison's scenarios: what every library runs, on which data, and how often."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from ..competitors.runner import Request
+from ..data import DatasetSpec
+
+SEED = 0
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """A question the comparison answers, and how its settings differ from each other."""
+
+    key: str
+    title: str
+    question: str
+
+
+STEADY = Scenario(
+    "steady",
+    "(a) Steady state",
+    "Throughput, waits and memory while training, with a no-op step and with a 0.15 s step.",
+)
+FIRST_BATCH = Scenario(
+    "first-batch",
+    "(b) First batch when max_length holds the whole epoch",
+    "How long the first batch takes when the buffer can hold every patch of the epoch.",
+)
+WORKERS = Scenario("workers", "(c) Number of workers", "Throughput with 1, 2 and 4 workers.")
+TINY = Scenario(
+    "tiny",
+    "(d) Per-patch overhead",
+    "Tiny patches (16^3, and 64x64x1 slices of the 3D volumes), 100 per volume, no-op step:"
+    " loading is the same as in (a), so the difference is each library's cost per patch.",
+)
+SCENARIOS = (STEADY, FIRST_BATCH, WORKERS, TINY)
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One configuration of a scenario, run by every library ``repeats`` times on the same data."""
+
+    scenario: Scenario
+    label: str
+    dataset: DatasetSpec
+    listings: int  # each file appears this many times in the subject list
+    patch_size: tuple[int, int, int]
+    patches_per_volume: int
+    max_length: int
+    batch_size: int
+    epochs: int
+    num_workers: int
+    step_seconds: float
+    repeats: int
+    timeout_seconds: float  # per run; only turns a hang into an error
+
+    @property
+    def key(self) -> str:
+        return f"{self.scenario.key}: {self.label}"
+
+    @property
+    def num_subjects(self) -> int:
+        return self.dataset.num_files * self.listings
+
+    @property
+    def expected_patches(self) -> int:
+        """Patches per epoch when every subject yields ``patches_per_volume``."""
+        return self.num_subjects * self.patches_per_volume
+
+    def request(self, paths: Sequence[Path]) -> Request:
+        """The runners' request: ``paths`` repeated ``listings`` times, as subjects."""
+        return Request(
+            paths=tuple(str(path) for _ in range(self.listings) for path in paths),
+            patch_size=self.patch_size,
+            patches_per_volume=self.patches_per_volume,
+            max_length=self.max_length,
+            batch_size=self.batch_size,
+            epochs=self.epochs,
+            num_workers=self.num_workers,
+            step_seconds=self.step_seconds,
+            seed=SEED,
+        )
+
+    def describe(self) -> str:
+        x, y, z = self.dataset.shape
+        px, py, pz = self.patch_size
+        return (
+            f"{self.num_subjects} subjects ({self.dataset.num_files} int16 {x}x{y}x{z} .nii.gz"
+            f" files, each listed {self.listings}x), patch {px}x{py}x{pz},"
+            f" patches_per_volume {self.patches_per_volume}, max_length {self.max_length},"
+            f" batch {self.batch_size}, {self.num_workers} worker(s), {self.epochs} epoch(s),"
+            f" step {self.step_seconds:g} s, {self.repeats} repeat(s)"
+        )
+
+
+@dataclass(frozen=True)
+class Scale:
+    """The sizes that differ between the full comparison and its quick smoke variant."""
+
+    dataset: DatasetSpec
+    patch: int  # edge of the steady state's cubic patches, and of the tiny slices (edge x edge x 1)
+    max_length: int
+    tiny: int  # edge of the tiny cubic patches
+    tiny_patches_per_volume: int
+    tiny_max_length: int
+    repeats: dict[str, int]  # by scenario key
+    timeout_seconds: float
+
+
+FULL = Scale(
+    dataset=DatasetSpec(num_files=24, shape=(182, 218, 182)),
+    patch=64,
+    max_length=100,
+    tiny=16,
+    tiny_patches_per_volume=100,
+    tiny_max_length=300,
+    repeats={"steady": 3, "first-batch": 3, "workers": 2, "tiny": 2},
+    timeout_seconds=900.0,
+)
+QUICK = Scale(
+    dataset=DatasetSpec(num_files=4, shape=(64, 64, 64)),
+    patch=32,
+    max_length=40,
+    tiny=8,
+    tiny_patches_per_volume=20,
+    tiny_max_length=40,
+    repeats={"steady": 1, "first-batch": 1, "workers": 1, "tiny": 1},
+    timeout_seconds=300.0,
+)
+
+
+def settings(scale: Scale) -> list[Setting]:
+    """Every setting of every scenario at ``scale``, in the order they run within a repeat.
+
+    The steady state lists each file twice and runs 2 epochs; the other scenarios list each file
+    once and run one epoch with a no-op step, to keep the whole comparison under 30 minutes.
+    """
+    edge = scale.patch
+    steady = Setting(
+        scenario=STEADY,
+        label="no-op step",
+        dataset=scale.dataset,
+        listings=2,
+        patch_size=(edge, edge, edge),
+        patches_per_volume=10,
+        max_length=scale.max_length,
+        batch_size=16,
+        epochs=2,
+        num_workers=2,
+        step_seconds=0.0,
+        repeats=scale.repeats[STEADY.key],
+        timeout_seconds=scale.timeout_seconds,
+    )
+    once = replace(steady, listings=1, epochs=1)
+    tiny = replace(
+        once,
+        scenario=TINY,
+        patches_per_volume=scale.tiny_patches_per_volume,
+        max_length=scale.tiny_max_length,
+        repeats=scale.repeats[TINY.key],
+    )
+    return [
+        steady,
+        replace(steady, label="0.15 s step", step_seconds=0.15),
+        replace(
+            once,
+            scenario=FIRST_BATCH,
+            label="max_length = epoch",
+            max_length=once.expected_patches,
+            repeats=scale.repeats[FIRST_BATCH.key],
+        ),
+        *(
+            replace(
+                once,
+                scenario=WORKERS,
+                label=f"{count} worker{'s' if count > 1 else ''}",
+                num_workers=count,
+                repeats=scale.repeats[WORKERS.key],
+            )
+            for count in (1, 2, 4)
+        ),
+        replace(tiny, label=f"{scale.tiny}^3", patch_size=(scale.tiny,) * 3),
+        replace(tiny, label=f"{edge}x{edge}x1", patch_size=(edge, edge, 1)),
+    ]

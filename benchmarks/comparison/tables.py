@@ -1,0 +1,240 @@
+"""The comparison's tables and the verdicts on the issue's targets, from the runs' medians.
+
+Every ratio is ``shmqueue ÷ library`` on medians of the same setting: above 1 for throughput
+means shmqueue is faster; below 1 for memory and latency means shmqueue needs less.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from ..report import MIB, Summary, ratio
+from .runs import SHMQUEUE, TORCHIO_1, TORCHIO_2, Library, Run
+from .scenarios import STEADY, Scenario, Setting
+
+Table = tuple[list[str], list[list[str]]]
+Metric = Callable[[Run], float]
+
+SPEEDUP_NO_OP = 1.7
+SPEEDUP_STEP = 2.0
+MEMORY_SHARE = 0.5
+ESTIMATE_ERROR = 0.25
+
+
+def _patches_per_second(run: Run) -> float:
+    return run.patches_per_second
+
+
+def _peak_pss(run: Run) -> float:
+    return run.peak_pss
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """One of the issue's targets, for one setting or competitor."""
+
+    target: str
+    value: str
+    met: bool
+
+    def line(self) -> str:
+        return f"{'met' if self.met else 'MISSED'}: {self.target}: {self.value}"
+
+
+class Comparison:
+    """The runs of one comparison, grouped by setting and library."""
+
+    def __init__(
+        self, runs: Sequence[Run], settings: Sequence[Setting], libraries: Sequence[Library]
+    ) -> None:
+        self.runs = runs
+        self.settings = settings
+        self.libraries = libraries
+
+    def runs_of(self, setting: Setting, library: Library) -> list[Run]:
+        return [run for run in self.runs if run.setting == setting and run.library == library]
+
+    def summary(self, setting: Setting, library: Library, metric: Metric) -> Summary:
+        return Summary.of([metric(run) for run in self.runs_of(setting, library)])
+
+    def median(self, setting: Setting, library: Library, metric: Metric) -> float:
+        return self.summary(setting, library, metric).median
+
+    def versus(self, setting: Setting, library: Library, metric: Metric) -> str:
+        """``shmqueue ÷ library`` of the metric's medians (``"-"`` for shmqueue's own row)."""
+        if library == SHMQUEUE:
+            return "-"
+        return ratio(self.median(setting, SHMQUEUE, metric), self.median(setting, library, metric))
+
+    def settings_of(self, scenario: Scenario) -> list[Setting]:
+        return [setting for setting in self.settings if setting.scenario == scenario]
+
+    # Tables ------------------------------------------------------------------------------------
+
+    def scenario_table(self, scenario: Scenario) -> Table:
+        """Throughput, latency, waits, patch counts and memory of every library per setting."""
+        settings = self.settings_of(scenario)
+        by_epoch = any(setting.epochs > 1 for setting in settings)
+        headers = [
+            "setting",
+            "library",
+            "patches/s",
+            "shmqueue ÷",
+            *(["p/s by epoch"] if by_epoch else []),
+            "ms/patch",
+            "first batch s",
+            "wait after first s",
+            "patches/epoch",
+            "batches/epoch",
+            "peak PSS MiB",
+            "shmqueue ÷",
+        ]
+        rows = []
+        for setting in settings:
+            for library in self.libraries:
+                runs = self.runs_of(setting, library)
+                first = runs[0]
+                epochs = [
+                    Summary.of([run.epoch_patches_per_second[epoch] for run in runs]).median
+                    for epoch in range(setting.epochs)
+                ]
+                rows.append(
+                    [
+                        setting.label,
+                        library.label,
+                        self.summary(setting, library, _patches_per_second).format(1),
+                        self.versus(setting, library, _patches_per_second),
+                        *(["/".join(f"{rate:.0f}" for rate in epochs)] if by_epoch else []),
+                        self.summary(
+                            setting, library, lambda run: 1000 * run.seconds / run.patches
+                        ).format(2),
+                        self.summary(setting, library, lambda run: run.first_batch_seconds).format(
+                            2
+                        ),
+                        self.summary(
+                            setting, library, lambda run: run.wait_after_first_seconds
+                        ).format(1),
+                        _counts(first.result.epoch_patches, setting.expected_patches),
+                        "/".join(str(count) for count in _batches_per_epoch(first)),
+                        self.summary(setting, library, lambda run: run.peak_pss / MIB).format(0),
+                        self.versus(setting, library, _peak_pss),
+                    ]
+                )
+        return headers, rows
+
+    def memory_table(self) -> Table:
+        """Scenario (e): the steady state's peak memory against each library's own estimate."""
+        headers = [
+            "setting",
+            "library",
+            "peak PSS MiB",
+            "peak USS (+ring) MiB",
+            "own estimate MiB",
+            "estimate vs PSS",
+            "shmqueue ÷ (PSS)",
+        ]
+        rows = []
+        for setting in self.settings_of(STEADY):
+            for library in self.libraries:
+                estimate = self.runs_of(setting, library)[0].result.estimate_bytes
+                pss = self.median(setting, library, _peak_pss)
+                rows.append(
+                    [
+                        setting.label,
+                        library.label,
+                        self.summary(setting, library, lambda run: run.peak_pss / MIB).format(0),
+                        self.summary(setting, library, lambda run: run.peak_uss / MIB).format(0),
+                        "-" if estimate is None else f"{estimate / MIB:.0f}",
+                        "-" if estimate is None else f"{estimate / pss - 1:+.0%}",
+                        self.versus(setting, library, _peak_pss),
+                    ]
+                )
+        return headers, rows
+
+    def headline_table(self) -> Table:
+        """The steady state in one row per library: throughput per step and peak memory."""
+        steady = self.settings_of(STEADY)
+        headers = ["library"]
+        for setting in steady:
+            headers += [f"patches/s, {setting.label}", "shmqueue ÷"]
+        headers += ["peak PSS MiB", "shmqueue ÷"]
+        rows = []
+        memory_setting = steady[0]
+        for library in self.libraries:
+            row = [library.label]
+            for setting in steady:
+                row += [
+                    f"{self.median(setting, library, _patches_per_second):.1f}",
+                    self.versus(setting, library, _patches_per_second),
+                ]
+            row += [
+                f"{self.median(memory_setting, library, _peak_pss) / MIB:.0f}",
+                self.versus(memory_setting, library, _peak_pss),
+            ]
+            rows.append(row)
+        return headers, rows
+
+    # Targets -----------------------------------------------------------------------------------
+
+    def verdicts(self) -> list[Verdict]:
+        """The issue's targets for the steady state, each met or missed, with the numbers."""
+        verdicts = []
+        for setting in self.settings_of(STEADY):
+            goal = SPEEDUP_STEP if setting.step_seconds else SPEEDUP_NO_OP
+            for library in (TORCHIO_1, TORCHIO_2):
+                if library not in self.libraries:
+                    continue
+                speedup = self.median(setting, SHMQUEUE, _patches_per_second) / self.median(
+                    setting, library, _patches_per_second
+                )
+                verdicts.append(
+                    Verdict(
+                        f"throughput >= {goal:g}x {library.label}'s, {setting.label}",
+                        f"{speedup:.2f}x",
+                        speedup >= goal,
+                    )
+                )
+            if TORCHIO_1 in self.libraries:
+                share = self.median(setting, SHMQUEUE, _peak_pss) / self.median(
+                    setting, TORCHIO_1, _peak_pss
+                )
+                verdicts.append(
+                    Verdict(
+                        f"peak PSS <= {MEMORY_SHARE:g}x {TORCHIO_1.label}'s, {setting.label}",
+                        f"{share:.2f}x",
+                        share <= MEMORY_SHARE,
+                    )
+                )
+            estimate = self.runs_of(setting, SHMQUEUE)[0].result.estimate_bytes
+            if estimate is not None:
+                error = estimate / self.median(setting, SHMQUEUE, _peak_pss) - 1
+                verdicts.append(
+                    Verdict(
+                        f"estimate within {ESTIMATE_ERROR:.0%} of measured peak PSS,"
+                        f" {setting.label}",
+                        f"{error:+.0%}",
+                        abs(error) <= ESTIMATE_ERROR,
+                    )
+                )
+        return verdicts
+
+
+def _counts(per_epoch: Sequence[int], expected: int) -> str:
+    """``"480/480"``, with the expected count named when an epoch differs from it."""
+    counts = "/".join(str(count) for count in per_epoch)
+    if all(count == expected for count in per_epoch):
+        return counts
+    return f"{counts} (expected {expected})"
+
+
+def _batches_per_epoch(run: Run) -> list[int]:
+    """Batches of each epoch: the calls between two epoch-ending calls."""
+    counts, current = [], 0
+    for call in run.result.calls:
+        if call[2]:
+            current += 1
+        else:
+            counts.append(current)
+            current = 0
+    return counts

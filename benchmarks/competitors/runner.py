@@ -1,0 +1,162 @@
+"""What every runner shares: the request it reads, the timed training loop, the result it prints.
+
+Protocol: the driver writes one :class:`Request` as JSON on the runner's stdin; the runner builds
+its library's :class:`Pipeline`, trains ``epochs`` epochs with a simulated step after each batch
+(``time.sleep(step_seconds)`` stands in for the GPU: it is the workload, not synchronisation) and
+prints one :class:`Result` as JSON on the last line of stdout. Whatever a library prints goes to
+stderr, so stdout carries the result only. The driver samples the runner's process tree from
+outside; the runner times only what the training loop sees.
+
+This module is imported inside every competitor's venv: it needs only the standard library, plus
+numpy and torch (present in every venv) to seed them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+import sys
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Request:
+    """One run's settings, the same for every library.
+
+    ``paths`` lists the subjects in order (a file listed twice is two subjects); the transform is
+    a flip of the first spatial axis with ``flip_probability`` and Gaussian noise of ``noise_std``,
+    in each library's own terms.
+    """
+
+    paths: tuple[str, ...]
+    patch_size: tuple[int, int, int]
+    patches_per_volume: int
+    max_length: int
+    batch_size: int
+    epochs: int
+    num_workers: int
+    step_seconds: float
+    seed: int
+    flip_probability: float = 0.5
+    noise_std: float = 0.1
+
+    @classmethod
+    def from_json(cls, text: str) -> Request:
+        fields = json.loads(text)
+        x, y, z = fields.pop("patch_size")
+        return cls(paths=tuple(fields.pop("paths")), patch_size=(x, y, z), **fields)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    """A library's patch pipeline, as the training loop drives it.
+
+    Attributes:
+        batches: epoch number -> that epoch's batches.
+        patches_in: batch -> how many patches it holds.
+        estimate: the library's own memory estimate in bytes (``None`` if it has none); called
+            after training, so an estimate that loads a subject does not shift the run.
+        estimate_label: how that estimate is computed.
+        reserved_bytes: shared memory reserved up front and resident from the start, in no
+            process's USS (shmqueue's ring); 0 for the others.
+        close: releases workers and shared memory.
+    """
+
+    batches: Callable[[int], Iterable[Any]]
+    patches_in: Callable[[Any], int]
+    estimate: Callable[[], int | None]
+    estimate_label: str
+    reserved_bytes: int = 0
+    close: Callable[[], None] = lambda: None
+
+
+@dataclass(frozen=True)
+class Result:
+    """What one run saw. ``calls`` has one ``[arrival s, wait s, patches]`` per ``next()`` call,
+    times from the first request; ``patches`` is 0 for the call that ends an epoch."""
+
+    library: str
+    version: str
+    setup_seconds: float
+    calls: list[list[float]] = field(default_factory=list)
+    epoch_patches: list[int] = field(default_factory=list)
+    estimate_bytes: int | None = None
+    estimate_label: str = ""
+    reserved_bytes: int = 0
+    load_average: float = 0.0
+
+
+def train(
+    pipeline: Pipeline, epochs: int, step_seconds: float
+) -> tuple[list[list[float]], list[int]]:
+    """Iterate ``epochs`` epochs, sleeping ``step_seconds`` per batch; time every ``next()``.
+
+    Returns:
+        ``calls`` (see :class:`Result`) and the patches yielded in each epoch.
+    """
+    calls: list[list[float]] = []
+    epoch_patches = []
+    started = time.perf_counter()
+    for epoch in range(epochs):
+        iterator = iter(pipeline.batches(epoch))
+        yielded = 0
+        while True:
+            requested = time.perf_counter()
+            batch = next(iterator, None)
+            arrived = time.perf_counter()
+            patches = 0 if batch is None else pipeline.patches_in(batch)
+            calls.append([arrived - started, arrived - requested, patches])
+            if batch is None:
+                break
+            yielded += patches
+            del batch  # as a training step would: the batch is not kept while waiting
+            if step_seconds:
+                time.sleep(step_seconds)  # the simulated training step
+        epoch_patches.append(yielded)
+    return calls, epoch_patches
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's, numpy's and torch's global generators (libraries without a seed use them)."""
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def main(library: str, version: str, build: Callable[[Request], Pipeline]) -> None:
+    """Read the request from stdin, build, train, and print the result on stdout's last line."""
+    request = Request.from_json(sys.stdin.read())
+    load_average = os.getloadavg()[0]
+    with contextlib.redirect_stdout(sys.stderr):
+        seed_everything(request.seed)
+        started = time.perf_counter()
+        pipeline = build(request)
+        setup_seconds = time.perf_counter() - started
+        try:
+            calls, epoch_patches = train(pipeline, request.epochs, request.step_seconds)
+            estimate = pipeline.estimate()
+        finally:
+            pipeline.close()
+    result = Result(
+        library=library,
+        version=version,
+        setup_seconds=setup_seconds,
+        calls=calls,
+        epoch_patches=epoch_patches,
+        estimate_bytes=estimate,
+        estimate_label=pipeline.estimate_label,
+        reserved_bytes=pipeline.reserved_bytes,
+        load_average=load_average,
+    )
+    print(json.dumps(asdict(result)), flush=True)
