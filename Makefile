@@ -18,7 +18,8 @@ demo: $(STAMP)
 	$(BIN)/python -m shmqueue demo
 
 test: $(STAMP)
-	$(BIN)/ruff check shmqueue tests benchmarks
+	$(BIN)/ruff check shmqueue tests benchmarks examples tools
+	$(BIN)/ruff format --check shmqueue tests benchmarks examples tools
 	$(BIN)/mypy
 	$(BIN)/python -m pytest
 

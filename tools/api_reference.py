@@ -38,7 +38,9 @@ def _members(cls: type) -> list[str]:
         if isinstance(member, property):
             lines.append(f"- `{name}` (property): {summary}")
         elif callable(member) or isinstance(member, (classmethod, staticmethod)):
-            function = member.__func__ if isinstance(member, (classmethod, staticmethod)) else member
+            function = (
+                member.__func__ if isinstance(member, (classmethod, staticmethod)) else member
+            )
             lines.append(f"- `{name}{_signature(function)}`: {summary}")
     return lines
 
