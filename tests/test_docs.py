@@ -39,12 +39,10 @@ def test_python_block_runs(
 def test_shell_blocks_use_real_targets() -> None:
     makefile = (ROOT / "Makefile").read_text()
     targets = set(re.findall(r"^([a-z][\w-]*):", makefile, re.M))
-    commands = [
-        line.split("#")[0].strip()
-        for _, _, block in _blocks("sh")
-        for line in block.splitlines()
-        if line.strip()
+    lines = [
+        line.split("#")[0].strip() for _, _, block in _blocks("sh") for line in block.splitlines()
     ]
+    commands = [line for line in lines if line]
     assert commands
     for command in commands:
         if command.startswith("make "):
