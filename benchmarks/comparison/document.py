@@ -26,7 +26,8 @@ README_END = "<!-- /performance -->"
 PIPELINES = (
     "shmqueue: `Queue(num_workers=N)` (worker processes write patches into a shared-memory ring,"
     " the training process builds each batch with one copy out of it) and `SubjectsLoader`;"
-    " `Compose([Flip(axes=(0,), p=0.5), Noise(std=0.1)])`, `seed=0`. Runs in the project venv.",
+    " `Compose([Flip(axes=(0,), p=0.5), Noise(std=0.1)])`, `seed=0`; from its own venv too, an"
+    " editable install of this tree.",
     "TorchIO 1.2.1: `SubjectsDataset` + `Queue(num_workers=N)` + `SubjectsLoader`: the queue's"
     " DataLoader workers load and augment whole subjects and send them to the training process,"
     " which samples the patches and refills the buffer when it is empty;"
@@ -48,7 +49,10 @@ METHOD = (
     " (`benchmarks/competitors/run_*.py`); within a repeat the libraries run back to back, their"
     " order rotating between repeats. Cells show the median and (min-max) of the repeats.",
     "patches/s: all patches over the time from the first batch request to the last batch."
-    " ms/patch is its inverse. first batch: the first `next()`; wait after first: the time spent"
+    " ms/patch is its inverse; CPU ms/patch divides the CPU time of the whole process tree"
+    " (user + system, from the first batch request to `close()`) by the patches: the work each"
+    " library spends per patch, which other load on the machine disturbs far less than wall time."
+    " first batch: the first `next()`; wait after first: the time spent"
     " inside `next()` afterwards, epoch ends included. A 0.15 s step is `time.sleep`, standing in"
     " for a GPU step: it leaves the CPU to the loaders.",
     "Memory: summed over the runner process and all its descendants, sampled from outside"
@@ -61,6 +65,17 @@ METHOD = (
     "Estimates: TorchIO's `4 B x channels x patch voxels x max_length` (`get_max_memory()`,"
     " `max_memory`); shmqueue's `queue.estimate_memory(batch_size=16).total_per_rank` (the ring,"
     " subjects in flight in each worker, batches and the processes themselves).",
+)
+
+
+READING = (
+    "With a no-op step every library is bound by the CPU (2 cores): gzip inflation of the"
+    " volumes and the noise take most of it in every library, so throughput ratios follow the"
+    " CPU ms/patch column.",
+    "With a 0.15 s step nobody can exceed batch / step = 16 / 0.15 = 107 patches/s; what a"
+    " library loses against that is its first fill and the waits after it (see the timeline).",
+    "TorchIO 2.0.0a2's second epoch reads no file (see its note above): compare its p/s by epoch"
+    " and its peak memory, which grows with the dataset.",
 )
 
 
@@ -105,6 +120,7 @@ def _notes(comparison: Comparison, session: Session) -> list[str]:
     return [
         *PIPELINES,
         *METHOD,
+        *READING,
         _repeats_note(comparison),
         f"Machine: {session.machine()}. Started {session.started}; the whole comparison took"
         f" {session.wall_seconds / 60:.1f} min. 1-minute load average when it started:"

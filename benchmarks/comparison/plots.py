@@ -24,8 +24,15 @@ COLOURS = ("#1b9e77", "#d95f02", "#7570b3", "#e7298a")
 DPI = 110
 
 
-def _bars(axes: Axes, groups: Sequence[str], series: dict[str, list[Summary]], ylabel: str) -> None:
-    """Grouped bars: one group per label in ``groups``, one bar per series, min-max whiskers."""
+def _bars(
+    axes: Axes,
+    groups: Sequence[str],
+    series: dict[str, list[Summary]],
+    ylabel: str,
+    labelled: bool = False,
+) -> None:
+    """Grouped bars: one group per label in ``groups``, one bar per series, min-max whiskers;
+    ``labelled`` writes each bar's median above it (none above an empty bar)."""
     width = 0.8 / len(series)
     for number, (name, summaries) in enumerate(series.items()):
         offsets = [group + (number - (len(series) - 1) / 2) * width for group in range(len(groups))]
@@ -34,7 +41,7 @@ def _bars(axes: Axes, groups: Sequence[str], series: dict[str, list[Summary]], y
             [summary.median - summary.low for summary in summaries],
             [summary.high - summary.median for summary in summaries],
         ]
-        axes.bar(
+        bars = axes.bar(
             offsets,
             medians,
             width,
@@ -43,6 +50,9 @@ def _bars(axes: Axes, groups: Sequence[str], series: dict[str, list[Summary]], y
             label=name,
             color=COLOURS[number % len(COLOURS)],
         )
+        if labelled:
+            labels = [f"{median:.0f}" if median else "" for median in medians]
+            axes.bar_label(bars, labels=labels, fontsize=7, padding=2)
     axes.set_xticks(range(len(groups)), groups)
     axes.set_ylabel(ylabel)
     axes.grid(axis="y", alpha=0.3)
@@ -143,6 +153,7 @@ def memory_figure(comparison: Comparison, path: Path) -> None:
                 "own estimate": [Summary.of([(estimate or 0) / MIB]) for estimate in estimates],
             },
             "MiB",
+            labelled=True,
         )
         axes.set_title(f"{STEADY.title}, {setting.label}", fontsize=10)
         axes.tick_params(axis="x", labelsize=8)

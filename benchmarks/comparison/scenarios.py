@@ -119,7 +119,7 @@ FULL = Scale(
     tiny=16,
     tiny_patches_per_volume=100,
     tiny_max_length=300,
-    repeats={"steady": 3, "first-batch": 3, "workers": 2, "tiny": 2},
+    repeats={"steady": 3, "first-batch": 3, "workers": 3, "tiny": 3},
     timeout_seconds=900.0,
 )
 QUICK = Scale(

@@ -26,6 +26,10 @@ def _patches_per_second(run: Run) -> float:
     return run.patches_per_second
 
 
+def _cpu_ms_per_patch(run: Run) -> float:
+    return 1000 * run.result.cpu_seconds / run.patches
+
+
 def _peak_pss(run: Run) -> float:
     return run.peak_pss
 
@@ -83,6 +87,7 @@ class Comparison:
             "shmqueue ÷",
             *(["p/s by epoch"] if by_epoch else []),
             "ms/patch",
+            "CPU ms/patch",
             "first batch s",
             "wait after first s",
             "patches/epoch",
@@ -109,6 +114,7 @@ class Comparison:
                         self.summary(
                             setting, library, lambda run: 1000 * run.seconds / run.patches
                         ).format(2),
+                        self.summary(setting, library, _cpu_ms_per_patch).format(2),
                         self.summary(setting, library, lambda run: run.first_batch_seconds).format(
                             2
                         ),

@@ -17,6 +17,7 @@ import contextlib
 import json
 import os
 import random
+import resource
 import sys
 import time
 from collections.abc import Callable, Iterable
@@ -92,6 +93,7 @@ class Result:
     estimate_label: str = ""
     reserved_bytes: int = 0
     load_average: float = 0.0
+    cpu_seconds: float = 0.0  # of the whole process tree, from the first batch request to close()
 
 
 def train(
@@ -124,6 +126,45 @@ def train(
     return calls, epoch_patches
 
 
+def tree_cpu_seconds() -> float:
+    """CPU seconds (user + system) used so far by this process and all its descendants.
+
+    Exited descendants count through ``getrusage(RUSAGE_CHILDREN)`` once reaped; live ones (a
+    DataLoader's idle workers, say) are read from ``/proc/<pid>/stat``, their own reaped children
+    included, so a worker's time counts whether or not it has been joined yet.
+    """
+    used = 0.0
+    for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):
+        usage = resource.getrusage(who)
+        used += usage.ru_utime + usage.ru_stime
+    ticks = os.sysconf("SC_CLK_TCK")
+    for pid in _live_descendants(os.getpid()):
+        try:
+            with open(f"/proc/{pid}/stat") as file:
+                fields = file.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # it exited since it was listed; its time is its parent's to reap
+        used += sum(int(value) for value in fields[11:15]) / ticks  # utime stime cutime cstime
+    return used
+
+
+def _live_descendants(pid: int) -> list[int]:
+    found = []
+    try:
+        threads = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return found
+    for thread in threads:
+        try:
+            with open(f"/proc/{pid}/task/{thread}/children") as file:
+                children = [int(child) for child in file.read().split()]
+        except OSError:
+            continue
+        for child in children:
+            found += [child, *_live_descendants(child)]
+    return found
+
+
 def seed_everything(seed: int) -> None:
     """Seed Python's, numpy's and torch's global generators (libraries without a seed use them)."""
     import numpy as np
@@ -143,11 +184,13 @@ def main(library: str, version: str, build: Callable[[Request], Pipeline]) -> No
         started = time.perf_counter()
         pipeline = build(request)
         setup_seconds = time.perf_counter() - started
+        cpu_started = tree_cpu_seconds()
         try:
             calls, epoch_patches = train(pipeline, request.epochs, request.step_seconds)
-            estimate = pipeline.estimate()
         finally:
             pipeline.close()
+        cpu_seconds = tree_cpu_seconds() - cpu_started
+        estimate = pipeline.estimate()
     result = Result(
         library=library,
         version=version,
@@ -158,5 +201,6 @@ def main(library: str, version: str, build: Callable[[Request], Pipeline]) -> No
         estimate_label=pipeline.estimate_label,
         reserved_bytes=pipeline.reserved_bytes,
         load_average=load_average,
+        cpu_seconds=cpu_seconds,
     )
     print(json.dumps(asdict(result)), flush=True)
