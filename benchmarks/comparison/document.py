@@ -199,8 +199,10 @@ def readme_section(comparison: Comparison) -> str:
             f" `max_length={setting.max_length}`, batches of {setting.batch_size},"
             f" {setting.num_workers} workers, {setting.epochs} epochs; medians of"
             f" {setting.repeats} runs. Each `shmqueue ÷` column divides shmqueue's value by the"
-            " library's: patches per second (higher is better for shmqueue), then the peak"
-            " memory of the whole process tree (PSS, no-op step; lower is better).",
+            " library's: patches per second (higher is better for shmqueue), then, with the"
+            " no-op step, the CPU time of the whole process tree per patch and its peak memory"
+            " (PSS; lower is better). Other load on the machine moves patches/s between runs far"
+            " more than CPU ms/patch.",
             markdown_table(*comparison.headline_table()),
             "All scenarios, plots and how they were measured:"
             " [docs/benchmarks.md](docs/benchmarks.md).",

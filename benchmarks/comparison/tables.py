@@ -159,14 +159,15 @@ class Comparison:
         return headers, rows
 
     def headline_table(self) -> Table:
-        """The steady state in one row per library: throughput per step and peak memory."""
+        """The steady state in one row per library: throughput per step, then the CPU time per
+        patch and the peak memory with the no-op step."""
         steady = self.settings_of(STEADY)
         headers = ["library"]
         for setting in steady:
             headers += [f"patches/s, {setting.label}", "shmqueue ÷"]
-        headers += ["peak PSS MiB", "shmqueue ÷"]
+        headers += ["CPU ms/patch", "shmqueue ÷", "peak PSS MiB", "shmqueue ÷"]
         rows = []
-        memory_setting = steady[0]
+        no_op = steady[0]
         for library in self.libraries:
             row = [library.label]
             for setting in steady:
@@ -175,8 +176,10 @@ class Comparison:
                     self.versus(setting, library, _patches_per_second),
                 ]
             row += [
-                f"{self.median(memory_setting, library, _peak_pss) / MIB:.0f}",
-                self.versus(memory_setting, library, _peak_pss),
+                f"{self.median(no_op, library, _cpu_ms_per_patch):.1f}",
+                self.versus(no_op, library, _cpu_ms_per_patch),
+                f"{self.median(no_op, library, _peak_pss) / MIB:.0f}",
+                self.versus(no_op, library, _peak_pss),
             ]
             rows.append(row)
         return headers, rows
@@ -194,10 +197,11 @@ class Comparison:
                 speedup = self.median(setting, SHMQUEUE, _patches_per_second) / self.median(
                     setting, library, _patches_per_second
                 )
+                cpu = self.versus(setting, library, _cpu_ms_per_patch)
                 verdicts.append(
                     Verdict(
                         f"throughput >= {goal:g}x {library.label}'s, {setting.label}",
-                        f"{speedup:.2f}x",
+                        f"{speedup:.2f}x (CPU per patch: {cpu} of {library.label}'s)",
                         speedup >= goal,
                     )
                 )
