@@ -9,6 +9,7 @@ torch tensor shaped ``(C, X, Y, Z)``: float32 for :class:`ScalarImage`, an integ
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,10 +18,12 @@ from typing import Any, ClassVar
 import nibabel as nib
 import numpy as np
 import torch
+from isal import igzip
 
 from .errors import ImageFileError, ImageFileNotFoundError, InvalidImageError
 
 PathLike = str | os.PathLike[str]
+GZIP_MAGIC = b"\x1f\x8b"
 
 _LABEL_DTYPES: dict[np.dtype[Any], torch.dtype] = {
     np.dtype(np.uint8): torch.uint8,
@@ -79,6 +82,35 @@ def _validate_tensor_shape(shape: tuple[int, ...], source: str) -> tuple[int, in
 def _native_byte_order(array: np.ndarray) -> np.ndarray:
     """``array`` in the machine's byte order: torch refuses the other, which NIfTI allows."""
     return array.astype(array.dtype.newbyteorder("="), copy=False)
+
+
+def _read_unscaled(proxy: Any, path: Path) -> np.ndarray:
+    """The stored voxels of the image nibabel opened as ``proxy``, unscaled, in the header's shape.
+
+    A single-file gzipped NIfTI is inflated in one call with ISA-L (twice as fast as zlib, and
+    without nibabel's chunked ``GzipFile`` reads), and the voxels are a view of the inflated bytes.
+    Anything else is read by nibabel.
+    """
+    if not _is_gzipped_single_file_nifti(proxy, path):
+        return np.asanyarray(proxy.dataobj.get_unscaled())
+    inflated: bytes = igzip.decompress(path.read_bytes())
+    stored = proxy.dataobj  # nibabel's ArrayProxy: where the voxels are and how they are laid out
+    dtype = np.dtype(stored.dtype)
+    count = math.prod(stored.shape)
+    needed = stored.offset + count * dtype.itemsize
+    if len(inflated) < needed:
+        raise OSError(
+            f"the file inflates to {len(inflated)} bytes but its header describes {needed}"
+        )
+    voxels = np.frombuffer(inflated, dtype, count, stored.offset)
+    return voxels.reshape(stored.shape, order=stored.order)
+
+
+def _is_gzipped_single_file_nifti(proxy: Any, path: Path) -> bool:
+    if not isinstance(proxy, nib.Nifti1Image):  # a .nii or .nii.gz; Nifti2Image is a subclass
+        return False
+    with open(path, "rb") as file:
+        return file.read(2) == GZIP_MAGIC
 
 
 def shift_affine(affine: np.ndarray, index: tuple[int, int, int]) -> np.ndarray:
@@ -205,25 +237,35 @@ class Image:
         return self._data
 
     def load(self) -> None:
-        """Read the voxels (no-op when loaded). Never goes through float64."""
+        """Read the voxels (no-op when loaded). Never goes through float64.
+
+        The stored voxels are copied once, reordered channels-first and converted to the loaded
+        dtype in the same pass; scaled voxels are then scaled in place.
+        """
         if self._data is not None:
             return
         assert self.path is not None
         shape = self.header.shape
         try:
             proxy = self._open()
-            array = np.asanyarray(proxy.dataobj.get_unscaled())
+            array = _read_unscaled(proxy, self.path)
             slope, inter = proxy.dataobj.slope, proxy.dataobj.inter
         except Exception as error:
             raise ImageFileError(
                 f"Cannot read the voxels of '{self.path}': {type(error).__name__}: {error}. The"
                 " file is probably truncated or corrupt; re-export or re-copy it."
             ) from error
-        array = _native_byte_order(array)
         array = array.reshape((*shape[1:], shape[0]))  # (X, Y, Z, C) from any accepted layout
-        tensor = torch.from_numpy(np.ascontiguousarray(np.moveaxis(array, -1, 0)))
-        if slope != 1 or inter != 0:
-            tensor = tensor.to(torch.float32) * float(slope) + float(inter)
+        stored = array.dtype.newbyteorder("=")
+        scaled = slope != 1 or inter != 0
+        target = torch.float32 if scaled else self._loaded_dtype(stored)
+        if stored.kind == "f" and not target.is_floating_point:
+            # A float label map: kept as stored until _convert_dtype checks it holds integers.
+            target = torch.float64 if stored.itemsize == 8 else torch.float32
+        tensor = torch.empty(shape, dtype=target)
+        np.copyto(tensor.numpy(), np.moveaxis(array, -1, 0), casting="unsafe")
+        if scaled:
+            tensor.mul_(float(slope)).add_(float(inter))
         self._data = self._convert_dtype(tensor, f"image file '{self.path}'")
 
     def unload(self) -> None:

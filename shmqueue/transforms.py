@@ -15,6 +15,7 @@ import secrets
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 
 from .image import Image, ScalarImage
@@ -119,8 +120,20 @@ class Flip(Transform):
         self.axes = axes_tuple
 
     def apply(self, subject: Subject, generator: torch.Generator) -> Subject:
-        dims = [axis + 1 for axis in self.axes]
-        return _replace_images(subject, lambda data: torch.flip(data, dims), (Image,))
+        dims = tuple(axis + 1 for axis in self.axes)
+        return _replace_images(subject, lambda data: _flipped(data, dims), (Image,))
+
+
+def _flipped(data: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
+    """``torch.flip(data, dims)``, through numpy where that is faster.
+
+    ``torch.flip`` of one axis other than the last is 4-7x slower than numpy's copy of a
+    reversed view (18 ms against 3-5 ms for a 182x218x182 float32 volume); for the other cases
+    it is as fast or faster.
+    """
+    if len(dims) == 1 and dims[0] != data.dim() - 1 and data.dtype != torch.bfloat16:
+        return torch.from_numpy(np.flip(data.numpy(), dims).copy())
+    return torch.flip(data, dims)
 
 
 class Noise(Transform):
@@ -135,8 +148,8 @@ class Noise(Transform):
 
     def apply(self, subject: Subject, generator: torch.Generator) -> Subject:
         def add_noise(data: torch.Tensor) -> torch.Tensor:
-            noise = torch.randn(data.shape, generator=generator, dtype=data.dtype)
-            return noise.mul_(self.std).add_(self.mean).add_(data)
+            noise = torch.empty(data.shape, dtype=data.dtype)
+            return noise.normal_(self.mean, self.std, generator=generator).add_(data)
 
         return _replace_images(subject, add_noise, (ScalarImage,))
 
