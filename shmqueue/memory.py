@@ -109,13 +109,14 @@ class WorkerPeak:
         baseline: the process itself (interpreter, torch, numpy, nibabel), by start method.
         subject_list: the worker's copy of the subject list (paths and headers; also the voxels
             of in-memory images, except under fork, where they stay shared).
-        raw: volumes in their stored dtype: nibabel's read buffer and the channels-first copy.
-        decompression: gzip's decompressed data, alive only while a ``.nii.gz`` is read.
+        raw: volumes in their stored dtype: the inflated bytes of a ``.nii.gz``, the memory map
+            of a ``.nii``, or nibabel's read buffer for other formats.
+        decompression: the compressed file's bytes, alive only while a ``.nii.gz`` is inflated.
         loaded: volumes in their loaded dtype (float32 for scalar images, the label dtype).
         conversion: temporaries of intensity scaling (``scl_slope``/``scl_inter``) and of
             checking that float label maps hold whole numbers.
         transform: transform intermediates (e.g. Noise allocates one float32 volume per scalar
-            image, Flip one copy of every image).
+            image, Flip one copy of every image); a step's input is freed when it returns.
         sampler: the sampler's working memory (probability maps, padding).
         allocator: loading's temporaries that the heap keeps while the transform and sampler
             run (blocks under 32 MiB; the worker gives them back before its next subject).

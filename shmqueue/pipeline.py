@@ -16,7 +16,7 @@ from .machine import return_free_memory
 from .plan import SubjectTask
 from .sampling.base import PatchLocation, PatchSampler
 from .subject import Subject
-from .transforms import SubjectTransform, apply_transform
+from .transforms import SubjectTransform, apply_transform, transform_steps
 
 
 class SubjectPipeline:
@@ -38,7 +38,8 @@ class SubjectPipeline:
         subject = self.subjects[task.subject_index].copy()
         subject.load()
         generator = torch.Generator().manual_seed(task.seed)
-        subject = apply_transform(self.transform, subject, generator)
+        for step in transform_steps(self.transform, generator):
+            subject = apply_transform(step, subject, generator)  # frees the step's input
         subject = self.sampler.prepare(subject)
         subject.spatial_shape  # noqa: B018 -- raises if the transform broke the alignment
         locations = self.sampler.locations(subject, task.num_patches, generator)

@@ -1,8 +1,8 @@
 """What one subject costs a worker: a model from the headers, or a measurement.
 
-A worker processes one subject at a time: it loads each image (nibabel's read buffer,
-decompression, the channels-first copy, the conversion to float32 or the label dtype), runs the
-transform and lets the sampler draw patch locations. :func:`peak_subject` models the bytes alive
+A worker processes one subject at a time: it loads each image (the file's bytes, inflated if
+gzipped, then copied channels-first into float32 or the label dtype), runs the transform step by
+step and lets the sampler draw patch locations. :func:`peak_subject` models the bytes alive
 at each moment of that from the images' headers and returns the largest; :func:`measure_pipeline`
 runs the real pipeline on the largest subjects in a fresh process instead. Both feed
 :func:`shmqueue.memory.estimate_memory`.
@@ -201,40 +201,30 @@ class Moment:
 def _load_moments(info: ImageInfo, held: int) -> Iterator[Moment]:
     """The moments of ``Image.load`` for one image, with ``held`` bytes of images loaded before.
 
-    nibabel reads a ``.nii.gz`` into a buffer of the stored dtype, while gzip holds the
-    decompressed bytes once more (``get_unscaled`` reads through ``GzipFile.readinto``); an
-    uncompressed ``.nii`` is memory-mapped, which costs as much once its pages are read. The
-    buffer lives until ``load`` returns, while the Fortran-ordered array is copied channels-first
-    (a NIfTI array is never C-ordered), possibly scaled (two float32 temporaries), and converted.
+    A ``.nii.gz`` is inflated in one call: the compressed file (counted as large as the voxels,
+    its upper bound for image data) and the inflated bytes are alive together. An uncompressed
+    ``.nii`` is memory-mapped, which costs as much once its pages are read. The stored voxels
+    are then copied once, reordered channels-first and converted, into the loaded volume; scaled
+    voxels are copied to float32 and scaled in place. A float label map is compared with its
+    rounded copy before its cast to int32.
     """
     name = f"'{info.name}'"
     raw = info.raw_bytes
     if info.compressed:
         yield Moment(f"decompressing {name}", raw=raw, decompression=raw, loaded=held)
-    scaled = info.scaled
-    if scaled:  # copy.to(float32) * slope + inter, beside the buffer and the copy
-        yield Moment(f"scaling {name}", raw=2 * raw, loaded=held, conversion=2 * info.float_bytes)
-        # Then the buffer and the float32 result remain; the channels-first copy is freed.
-        before = Moment("", raw=raw, loaded=held, conversion=info.float_bytes)
-        current, floating = info.float_bytes, True
-    else:
-        before = Moment("", raw=2 * raw, loaded=held)
-        current, floating = raw, info.stored_float
     final = held + info.loaded_bytes
-    if info.scalar:
-        if floating and (scaled or info.stored_itemsize == 4):  # already float32: kept as is
-            yield dataclasses.replace(before, phase=f"reordering {name}")
-        else:
-            yield dataclasses.replace(before, phase=f"converting {name} to float32", loaded=final)
-    elif floating:  # a float label map: compared with its rounded copy, then cast to int32
-        yield dataclasses.replace(
-            before, phase=f"checking labels of {name}", conversion=before.conversion + current
-        )
-        yield dataclasses.replace(before, phase=f"converting {name} to labels", loaded=final)
+    if info.scaled:
+        yield Moment(f"scaling {name}", raw=raw, loaded=final)
+    elif info.scalar:
+        yield Moment(f"converting {name} to float32", raw=raw, loaded=final)
     elif info.label_same_dtype:
-        yield dataclasses.replace(before, phase=f"reordering {name}")
-    else:
-        yield dataclasses.replace(before, phase=f"converting {name} to labels", loaded=final)
+        yield Moment(f"reordering {name}", raw=raw, loaded=final)
+    elif not info.stored_float:
+        yield Moment(f"converting {name} to labels", raw=raw, loaded=final)
+    else:  # a float label map: copied as stored, checked against its rounded copy, then cast
+        stored = info.channels * info.voxels * info.stored_itemsize
+        yield Moment(f"checking labels of {name}", raw=raw, loaded=held, conversion=2 * stored)
+        yield Moment(f"converting {name} to labels", loaded=final, conversion=stored)
 
 
 _TRANSFORM_COSTS: dict[type, tuple[bool, int, int]] = {
@@ -279,19 +269,22 @@ def _transform_steps(
 def _transform_peak(transform: SubjectTransform | None, images: Sequence[ImageInfo]) -> int:
     """Bytes a transform holds beyond the loaded subject at its peak.
 
-    The loaded subject stays referenced by the pipeline during the whole transform. A step keeps
-    its input (the previous step's volumes) alive while it makes new volumes image by image; when
-    it returns, the previous volumes of the images it replaced are freed.
+    The pipeline applies a Compose step by step (:func:`~shmqueue.transforms.transform_steps`),
+    so a step's input, the previous step's volumes, stays alive until the step returns, and is
+    freed then. A step makes new volumes image by image.
     """
-    newest: dict[str, int] = {}  # image name -> bytes of the volume the last step made for it
-    peak = 0
+    # The volume alive per image that the next step frees; an in-memory image's stays in the
+    # subject list, counted there.
+    current = {info.name: 0 if info.in_memory else info.loaded_bytes for info in images}
+    loaded = sum(current.values())
+    peak = loaded
     for step in _transform_steps(transform, images):
         made = 0
         for _, extra, output in step:
-            peak = max(peak, sum(newest.values()) + made + extra)
+            peak = max(peak, sum(current.values()) + made + extra)
             made += output
-        newest.update((name, output) for name, _, output in step)
-    return peak
+        current.update((name, output) for name, _, output in step)
+    return peak - loaded
 
 
 def _sampler_bytes(
@@ -332,8 +325,8 @@ def _subject_peak(
 ) -> Moment:
     """The largest moment of processing one subject in a worker.
 
-    Images load one after the other, then the transform runs, then the sampler prepares and
-    draws; the loaded volumes stay alive throughout. Writing patches into the ring allocates
+    Images load one after the other, then the transform runs step by step, then the sampler
+    prepares and draws. Writing patches into the ring allocates
     nothing. In-memory images are not loaded: they are counted with the subject list.
     """
     moments: list[Moment] = []
@@ -367,11 +360,11 @@ def _subject_peak(
 def _freed_by_load(info: ImageInfo, temporaries: int) -> int:
     """What of ``load``'s ``temporaries`` the heap keeps while the transform and sampler run.
 
-    The read buffer and the reordered copy are freed when ``load`` returns, as two holes that
-    the next, larger float32 volume (e.g. Noise's) does not fit in, so the heap keeps them until
-    the worker trims it before its next subject (measured: 30 MiB instead of 20 MiB for Noise on
-    a 160x128x128 int16 volume). Blocks of 32 MiB or more are unmapped instead; an uncompressed
-    file's buffer is a memory map, which is unmapped too.
+    ``temporaries`` are what ``load`` held beyond the loaded volume at its peak: the inflated
+    bytes of a ``.nii.gz``. They are freed when ``load`` returns, as a hole that the next, larger
+    float32 volumes (Flip's, Noise's) do not fit in, so the heap keeps it until the worker trims
+    it before its next subject. Blocks of 32 MiB or more are unmapped instead; an
+    uncompressed file's buffer is a memory map, which is unmapped too.
     """
     if info.raw_bytes >= HEAP_BLOCK_LIMIT:
         return 0

@@ -12,7 +12,7 @@ generator, so it is reproducible only if it is deterministic.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -44,6 +44,27 @@ def apply_transform(
             " transform must be a callable Subject -> Subject."
         )
     return result
+
+
+def transform_steps(
+    transform: SubjectTransform | None, generator: torch.Generator
+) -> Iterator[SubjectTransform]:
+    """The transforms that applying ``transform`` applies in turn, with Composes unpacked.
+
+    Applying the steps one by one gives the same subject as applying ``transform`` (a Compose's
+    probability is drawn from ``generator`` at the same point), but the caller then holds only
+    the current step's input: a Compose holds its input, the loaded volumes, until its last
+    transform returns, one volume more per image at the peak.
+    """
+    if transform is None:
+        return
+    if type(transform) is not Compose:
+        yield transform
+        return
+    if transform.p < 1.0 and torch.rand((), generator=generator).item() >= transform.p:
+        return
+    for inner in transform.transforms:
+        yield from transform_steps(inner, generator)
 
 
 class Transform:

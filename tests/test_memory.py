@@ -152,31 +152,32 @@ def test_no_voxel_is_read(
 
 
 def test_loading_terms_follow_the_files(make_nifti: Callable[..., Path]) -> None:
-    """A .nii.gz int16 scalar image: gzip's copy while reading; then the read buffer, the
-    channels-first copy and the float32 volume (2 + 2 + 4 bytes per voxel) at the peak."""
+    """A .nii.gz int16 scalar image: the compressed and the inflated bytes while inflating; then
+    the inflated bytes and the float32 volume they are copied into (2 + 4 bytes per voxel)."""
     volume = np.arange(32 * 24 * 20, dtype=np.int16).reshape(32, 24, 20)
     voxels = volume.size
     compressed = sq.Subject(t1=sq.ScalarImage(make_nifti("t1.nii.gz", volume)))
     worker = sq.estimate_memory([compressed], 8, num_workers=1).worker
-    assert (worker.raw, worker.loaded, worker.conversion) == (4 * voxels, 4 * voxels, 0)
+    assert (worker.raw, worker.loaded, worker.conversion) == (2 * voxels, 4 * voxels, 0)
     assert worker.phase == "converting 't1' to float32"
 
     labels = sq.Subject(seg=sq.LabelMap(make_nifti("seg.nii", (volume % 3).astype(np.uint8))))
     worker = sq.estimate_memory([labels], 8, num_workers=1).worker
-    assert (worker.raw, worker.loaded) == (2 * voxels, 0)  # the copy is the uint8 label map
+    assert (worker.raw, worker.loaded) == (voxels, voxels)  # the memory map and the label map
+    assert worker.phase == "reordering 'seg'"
 
     scaled_image = nib.Nifti1Image(volume, np.eye(4))
     scaled_image.header.set_slope_inter(2.0, -1024.0)
     path = Path(make_nifti("ct.nii.gz", volume)).with_name("scaled.nii.gz")
     nib.save(scaled_image, path)
     worker = sq.estimate_memory([sq.Subject(ct=sq.ScalarImage(path))], 8, num_workers=1).worker
-    assert worker.phase == "scaling 'ct'"
-    assert (worker.raw, worker.conversion) == (4 * voxels, 8 * voxels)
+    assert worker.phase == "scaling 'ct'"  # in place, in the float32 volume
+    assert (worker.raw, worker.loaded, worker.conversion) == (2 * voxels, 4 * voxels, 0)
 
 
 def test_transform_terms(tensor_subjects: list[sq.Subject]) -> None:
-    """Per volume: Noise and Flip one, a Compose of both two (the first's output stays alive
-    while the second runs), ZNormalization two; unknown callables two of every image."""
+    """Per volume: Noise and Flip one, a Compose of both two (the in-memory input stays alive in
+    the subject list while both run), ZNormalization two; unknown callables two of every image."""
     volume = 24 * 20 * 16 * 4
 
     def transform_bytes(transform: object) -> int:
@@ -191,6 +192,16 @@ def test_transform_terms(tensor_subjects: list[sq.Subject]) -> None:
     assert transform_bytes(lambda subject: subject) == 2 * volume
     scalar_only = sq.Lambda(lambda data: data, types_to_apply=(sq.LabelMap,))
     assert transform_bytes(scalar_only) == 0
+
+
+def test_a_compose_frees_each_step_input(make_nifti: Callable[..., Path]) -> None:
+    """From a file, Flip's input (the loaded volume) is freed before Noise runs: one volume."""
+    volume = np.zeros((24, 20, 16), np.int16)
+    subject = sq.Subject(t1=sq.ScalarImage(make_nifti("t1.nii.gz", volume)))
+    transform = sq.Compose([sq.Flip(), sq.Noise()])
+    worker = sq.estimate_memory([subject], 8, transform=transform, num_workers=1).worker
+    assert worker.phase == "transforming"
+    assert worker.transform == 4 * volume.size
 
 
 def test_baselines_follow_the_start_method(tensor_subjects: list[sq.Subject]) -> None:

@@ -21,6 +21,7 @@ from shmqueue.transforms import (
     Transform,
     ZNormalization,
     apply_transform,
+    transform_steps,
 )
 
 ALL_AXES = [axes for count in (1, 2, 3) for axes in combinations((0, 1, 2), count)]
@@ -143,6 +144,25 @@ def test_compose_applies_in_order_with_one_generator() -> None:
             expected = transform(expected, generator)
         assert torch.equal(composed.t1.data, expected.t1.data)
         assert torch.equal(composed.seg.data, expected.seg.data)
+
+
+@given(seed=st.integers(0, 2**32), outer_p=st.sampled_from([1.0, 0.5]))
+@settings(max_examples=30, deadline=None)
+def test_steps_of_a_compose_give_the_compose_result(seed: int, outer_p: float) -> None:
+    """Applying transform_steps one by one draws the same numbers as the (nested) Compose."""
+    inner = Compose([Noise(std=0.2), Flip(axes=(2,), p=0.5)], p=0.5)
+    transform = Compose([Flip(axes=(0,), p=0.5), inner, Noise(std=0.1, p=0.7)], p=outer_p)
+    subject = make_subject()
+    expected = transform(subject, seeded(seed))
+    generator = seeded(seed)
+    stepped = subject
+    steps = list(transform_steps(transform, seeded(seed)))
+    assert all(type(step) is not Compose for step in steps)
+    for step in transform_steps(transform, generator):
+        stepped = apply_transform(step, stepped, generator)
+    assert torch.equal(stepped.t1.data, expected.t1.data)
+    assert torch.equal(stepped.seg.data, expected.seg.data)
+    assert list(transform_steps(None, generator)) == []
 
 
 def test_compose_accepts_plain_callables() -> None:
