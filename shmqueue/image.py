@@ -21,6 +21,7 @@ import torch
 from isal import igzip
 
 from .errors import ImageFileError, ImageFileNotFoundError, InvalidImageError
+from .volumes import empty_volume
 
 PathLike = str | os.PathLike[str]
 GZIP_MAGIC = b"\x1f\x8b"
@@ -262,7 +263,7 @@ class Image:
         if stored.kind == "f" and not target.is_floating_point:
             # A float label map: kept as stored until _convert_dtype checks it holds integers.
             target = torch.float64 if stored.itemsize == 8 else torch.float32
-        tensor = torch.empty(shape, dtype=target)
+        tensor = empty_volume(shape, target)
         np.copyto(tensor.numpy(), np.moveaxis(array, -1, 0), casting="unsafe")
         if scaled:
             tensor.mul_(float(slope)).add_(float(inter))

@@ -51,10 +51,11 @@ MiB = 2**20
 
 # Constants, measured as the module docstring says ------------------------------------------------
 
-PROCESS_BASELINE = 155 * MiB
+PROCESS_BASELINE = 150 * MiB
 """Anonymous memory of an interpreter that imported shmqueue (torch, numpy, nibabel) and has run
 the pipeline: a spawned worker, or the training process, besides the data it holds. Measured
-149-150 MiB idle, 155-157 MiB once it has loaded and transformed subjects."""
+149-150 MiB idle; spawned workers that had run the pipeline measured 158-168 MiB at their peak
+with 10-20 MiB of volumes, which come from the volume pool, outside the heap."""
 
 SHARED_LIBRARIES = 88 * MiB
 """Resident pages of the shared libraries (libtorch and the rest), counted once per rank: every
@@ -118,8 +119,10 @@ class WorkerPeak:
         transform: transform intermediates (e.g. Noise allocates one float32 volume per scalar
             image, Flip one copy of every image); a step's input is freed when it returns.
         sampler: the sampler's working memory (probability maps, padding).
-        allocator: loading's temporaries that the heap keeps while the transform and sampler
-            run (blocks under 32 MiB; the worker gives them back before its next subject).
+        allocator: memory the process keeps for reuse: while it loads, the last subject's
+            volumes in the volume pool (:mod:`shmqueue.volumes`); while the transform and sampler
+            run, loading's temporaries in the heap (blocks under 32 MiB, given back before the
+            next subject).
         measured: with ``measure=True``, the measured peak above the process baseline, which
             replaces the modelled terms ``raw`` to ``allocator`` (then 0).
         subject: the subject that gives the peak.
@@ -323,7 +326,7 @@ def _table(estimate: MemoryEstimate) -> Iterator[str]:
             ("intensity scaling / label checks", worker.conversion),
             ("transform intermediates", worker.transform),
             ("sampler (probability map, padding)", worker.sampler),
-            ("freed load buffers the heap keeps", worker.allocator),
+            ("memory kept for reuse (volume pool, heap)", worker.allocator),
             ("measured peak of load + transform + sample", worker.measured),
         ]
     )

@@ -83,6 +83,7 @@ class ImageInfo:
     label_same_dtype: bool  # a label map loaded in its stored dtype: no conversion copy
     in_memory: bool
     compressed: bool
+    compressed_bytes: int  # the file's size, for a compressed file
 
     @property
     def raw_bytes(self) -> int:
@@ -159,6 +160,7 @@ def image_info(name: str, image: Image) -> ImageInfo:
     else:
         stored, scaled = _file_storage(image)
     loaded = image.dtype
+    compressed = image.path is not None and image.path.name.endswith(".gz")
     return ImageInfo(
         name=name,
         scalar=not isinstance(image, LabelMap),
@@ -173,7 +175,8 @@ def image_info(name: str, image: Image) -> ImageInfo:
         and stored.kind in "iub"
         and stored.itemsize == loaded.itemsize,
         in_memory=image.path is None,
-        compressed=image.path is not None and image.path.name.endswith(".gz"),
+        compressed=compressed,
+        compressed_bytes=image.path.stat().st_size if compressed and image.path else 0,
     )
 
 
@@ -201,8 +204,8 @@ class Moment:
 def _load_moments(info: ImageInfo, held: int) -> Iterator[Moment]:
     """The moments of ``Image.load`` for one image, with ``held`` bytes of images loaded before.
 
-    A ``.nii.gz`` is inflated in one call: the compressed file (counted as large as the voxels,
-    its upper bound for image data) and the inflated bytes are alive together. An uncompressed
+    A ``.nii.gz`` is inflated in one call: the compressed file, read whole, and the inflated
+    bytes are alive together. An uncompressed
     ``.nii`` is memory-mapped, which costs as much once its pages are read. The stored voxels
     are then copied once, reordered channels-first and converted, into the loaded volume; scaled
     voxels are copied to float32 and scaled in place. A float label map is compared with its
@@ -211,7 +214,9 @@ def _load_moments(info: ImageInfo, held: int) -> Iterator[Moment]:
     name = f"'{info.name}'"
     raw = info.raw_bytes
     if info.compressed:
-        yield Moment(f"decompressing {name}", raw=raw, decompression=raw, loaded=held)
+        yield Moment(
+            f"decompressing {name}", raw=raw, decompression=info.compressed_bytes, loaded=held
+        )
     final = held + info.loaded_bytes
     if info.scaled:
         yield Moment(f"scaling {name}", raw=raw, loaded=final)
@@ -326,25 +331,27 @@ def _subject_peak(
     """The largest moment of processing one subject in a worker.
 
     Images load one after the other, then the transform runs step by step, then the sampler
-    prepares and draws. Writing patches into the ring allocates
-    nothing. In-memory images are not loaded: they are counted with the subject list.
+    prepares and draws. Writing patches into the ring allocates nothing. In-memory images are not
+    loaded: they are counted with the subject list. The loaded and transformed volumes come from
+    the process's :mod:`~shmqueue.volumes` pool, which keeps them, free, while the next subject
+    of this kind inflates its files and takes them back one by one.
     """
+    transform_peak = _transform_peak(transform, images)
+    pooled = sum(info.loaded_bytes for info in images if not info.in_memory) + transform_peak
     moments: list[Moment] = []
     held = retained = 0
     for info in images:
         if info.in_memory:
             continue
         loading = list(_load_moments(info, held))
-        moments.extend(loading)
+        moments.extend(
+            dataclasses.replace(moment, allocator=max(0, pooled - moment.loaded))
+            for moment in loading
+        )
         held += info.loaded_bytes
         retained += _freed_by_load(info, max(moment.total for moment in loading) - held)
     moments.append(
-        Moment(
-            "transforming",
-            loaded=held,
-            transform=_transform_peak(transform, images),
-            allocator=retained,
-        )
+        Moment("transforming", loaded=held, transform=transform_peak, allocator=retained)
     )
     moments.append(
         Moment(

@@ -139,7 +139,8 @@ def test_no_voxel_is_read(
     estimate = sq.estimate_memory(
         nifti_subjects, 16, num_workers=2, transform=sq.Noise(), patches_per_volume=5
     )
-    assert estimate.worker.loaded > 0
+    assert estimate.worker.raw > 0  # sized from the headers
+    assert estimate.worker.allocator > 0  # the pooled volumes of the last subject
     queue = sq.Queue(
         nifti_subjects,
         sq.UniformSampler(None, 16),
@@ -152,14 +153,16 @@ def test_no_voxel_is_read(
 
 
 def test_loading_terms_follow_the_files(make_nifti: Callable[..., Path]) -> None:
-    """A .nii.gz int16 scalar image: the compressed and the inflated bytes while inflating; then
-    the inflated bytes and the float32 volume they are copied into (2 + 4 bytes per voxel)."""
+    """A .nii.gz int16 scalar image at its peak: the compressed and the inflated bytes, and the
+    last subject's float32 volume kept in the volume pool (2 + 2 + 4 bytes per voxel)."""
     volume = np.arange(32 * 24 * 20, dtype=np.int16).reshape(32, 24, 20)
-    voxels = volume.size
+    voxels = v = volume.size
     compressed = sq.Subject(t1=sq.ScalarImage(make_nifti("t1.nii.gz", volume)))
     worker = sq.estimate_memory([compressed], 8, num_workers=1).worker
-    assert (worker.raw, worker.loaded, worker.conversion) == (2 * voxels, 4 * voxels, 0)
-    assert worker.phase == "converting 't1' to float32"
+    assert worker.phase == "decompressing 't1'"
+    file_bytes = Path(compressed.t1.path).stat().st_size  # type: ignore[arg-type]
+    assert (worker.raw, worker.decompression, worker.allocator) == (2 * v, file_bytes, 4 * v)
+    assert worker.loaded == worker.conversion == 0
 
     labels = sq.Subject(seg=sq.LabelMap(make_nifti("seg.nii", (volume % 3).astype(np.uint8))))
     worker = sq.estimate_memory([labels], 8, num_workers=1).worker
@@ -171,8 +174,9 @@ def test_loading_terms_follow_the_files(make_nifti: Callable[..., Path]) -> None
     path = Path(make_nifti("ct.nii.gz", volume)).with_name("scaled.nii.gz")
     nib.save(scaled_image, path)
     worker = sq.estimate_memory([sq.Subject(ct=sq.ScalarImage(path))], 8, num_workers=1).worker
-    assert worker.phase == "scaling 'ct'"  # in place, in the float32 volume
-    assert (worker.raw, worker.loaded, worker.conversion) == (2 * voxels, 4 * voxels, 0)
+    assert worker.conversion == 0  # scaled in place, in the float32 volume
+    assert (worker.raw, worker.allocator) == (2 * v, 4 * v)
+    assert worker.decompression == path.stat().st_size
 
 
 def test_transform_terms(tensor_subjects: list[sq.Subject]) -> None:
@@ -195,13 +199,17 @@ def test_transform_terms(tensor_subjects: list[sq.Subject]) -> None:
 
 
 def test_a_compose_frees_each_step_input(make_nifti: Callable[..., Path]) -> None:
-    """From a file, Flip's input (the loaded volume) is freed before Noise runs: one volume."""
+    """From a file, Flip's input (the loaded volume) is freed before Noise runs, so Flip then
+    Noise costs a worker what Noise alone does."""
     volume = np.zeros((24, 20, 16), np.int16)
-    subject = sq.Subject(t1=sq.ScalarImage(make_nifti("t1.nii.gz", volume)))
-    transform = sq.Compose([sq.Flip(), sq.Noise()])
-    worker = sq.estimate_memory([subject], 8, transform=transform, num_workers=1).worker
-    assert worker.phase == "transforming"
-    assert worker.transform == 4 * volume.size
+    subjects = [sq.Subject(t1=sq.ScalarImage(make_nifti("t1.nii.gz", volume)))]
+
+    def worker_total(transform: object) -> int:
+        estimate = sq.estimate_memory(subjects, 8, transform=transform, num_workers=1)  # type: ignore[arg-type]
+        return estimate.worker.total
+
+    assert worker_total(sq.Compose([sq.Flip(), sq.Noise()])) == worker_total(sq.Noise())
+    assert worker_total(sq.Noise()) > worker_total(None)
 
 
 def test_baselines_follow_the_start_method(tensor_subjects: list[sq.Subject]) -> None:
