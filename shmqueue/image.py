@@ -18,13 +18,14 @@ from typing import Any, ClassVar
 import nibabel as nib
 import numpy as np
 import torch
-from isal import igzip
+from isal import isal_zlib
 
 from .errors import ImageFileError, ImageFileNotFoundError, InvalidImageError
 from .volumes import empty_volume
 
 PathLike = str | os.PathLike[str]
 GZIP_MAGIC = b"\x1f\x8b"
+GZIP_WBITS = 31  # zlib's wbits for a gzip stream (16 + a 32 KiB window)
 
 _LABEL_DTYPES: dict[np.dtype[Any], torch.dtype] = {
     np.dtype(np.uint8): torch.uint8,
@@ -88,23 +89,58 @@ def _native_byte_order(array: np.ndarray) -> np.ndarray:
 def _read_unscaled(proxy: Any, path: Path) -> np.ndarray:
     """The stored voxels of the image nibabel opened as ``proxy``, unscaled, in the header's shape.
 
-    A single-file gzipped NIfTI is inflated in one call with ISA-L (twice as fast as zlib, and
-    without nibabel's chunked ``GzipFile`` reads), and the voxels are a view of the inflated bytes.
-    Anything else is read by nibabel.
+    A single-file gzipped NIfTI is inflated by :func:`_inflate`, and the voxels are a view of the
+    inflated bytes. Anything else is read by nibabel.
     """
     if not _is_gzipped_single_file_nifti(proxy, path):
         return np.asanyarray(proxy.dataobj.get_unscaled())
-    inflated: bytes = igzip.decompress(path.read_bytes())
     stored = proxy.dataobj  # nibabel's ArrayProxy: where the voxels are and how they are laid out
     dtype = np.dtype(stored.dtype)
     count = math.prod(stored.shape)
-    needed = stored.offset + count * dtype.itemsize
-    if len(inflated) < needed:
-        raise OSError(
-            f"the file inflates to {len(inflated)} bytes but its header describes {needed}"
-        )
-    voxels = np.frombuffer(inflated, dtype, count, stored.offset)
+    inflated = _inflate(path, stored.offset + count * dtype.itemsize)
+    voxels: np.ndarray = inflated[stored.offset :].view(dtype)
     return voxels.reshape(stored.shape, order=stored.order)
+
+
+INFLATE_CHUNK = 2**20
+
+
+def _inflate(path: Path, size: int) -> np.ndarray:
+    """The first ``size`` bytes the gzip file at ``path`` inflates to, in a pooled buffer.
+
+    ISA-L inflates twice as fast as zlib (and than nibabel's ``GzipFile`` reads). The file is read
+    and inflated 1 MiB at a time into a buffer from the volume pool, so that neither the file nor
+    the inflated bytes take fresh pages for every subject (see :mod:`shmqueue.volumes`). The gzip
+    member that holds the last voxels is read to its end, so that its checksum is verified.
+
+    Raises:
+        OSError: the file inflates to fewer bytes, or ends before its checksum.
+        isal_zlib.error: the compressed data or the checksum is wrong.
+    """
+    inflated = empty_volume((size,), torch.uint8).numpy()
+    filled = 0
+    decompressor = isal_zlib.decompressobj(wbits=GZIP_WBITS)
+    pending = b""
+    with open(path, "rb") as file:
+        while not (filled == size and decompressor.eof):
+            if not pending:
+                pending = file.read(INFLATE_CHUNK)
+                if not pending:
+                    break
+            piece = decompressor.decompress(pending, INFLATE_CHUNK)
+            kept = min(len(piece), size - filled)  # a longer stream's rest is checked, not kept
+            inflated[filled : filled + kept] = np.frombuffer(piece, np.uint8, kept)
+            filled += kept
+            if decompressor.eof and filled < size:  # the end of a gzip member; another follows
+                pending = decompressor.unused_data
+                decompressor = isal_zlib.decompressobj(wbits=GZIP_WBITS)
+            else:
+                pending = decompressor.unconsumed_tail
+    if filled < size:
+        raise OSError(f"the file inflates to {filled} bytes but its header describes {size}")
+    if not decompressor.eof:
+        raise OSError("the file ends before its gzip checksum")
+    return inflated
 
 
 def _is_gzipped_single_file_nifti(proxy: Any, path: Path) -> bool:

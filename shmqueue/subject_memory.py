@@ -29,6 +29,7 @@ from nibabel import nifti1
 
 from .errors import SubjectError, WorkerDiedError
 from .image import Image, LabelMap, ScalarImage
+from .machine import return_free_memory
 from .pipeline import SubjectPipeline
 from .plan import SubjectTask
 from .sampling.base import PatchSampler
@@ -45,6 +46,7 @@ from .transforms import (
     SubjectTransform,
     ZNormalization,
 )
+from .volumes import use_volume_pool
 
 MEASURED_SUBJECTS = 3
 """How many of the largest subjects :func:`measure_pipeline` runs through the pipeline."""
@@ -420,7 +422,9 @@ def _measure_child(
 ) -> None:
     """Run each task's load + transform + sample as a worker does; send the peak's growth."""
     torch.set_num_threads(1)  # as a worker
+    use_volume_pool()
     try:
+        return_free_memory()  # free heap inherited under fork would hide the pipeline's growth
         with open("/proc/self/clear_refs", "w") as clear_refs:
             clear_refs.write("5")  # reset the peak resident set (VmHWM) to the current one
         before, _ = _resident_and_peak()

@@ -8,6 +8,7 @@ all-reduce, which the timeout turns into a failure).
 
 from __future__ import annotations
 
+import gc
 import json
 import math
 import socket
@@ -456,6 +457,12 @@ def run_rank(rank: int, job: Job) -> None:
         dist.all_gather_object(gathered, {"rank": rank, "epochs": epochs})
         if rank == 0:
             Path(job.report).write_text(json.dumps({"job": asdict(job), "ranks": gathered}))
+        # DDP's reducer holds gloo work objects; freed after the group is destroyed (or at
+        # interpreter exit), their threads can abort the rank with "terminate called without an
+        # active exception". Free them first, and let every rank get here.
+        del model, optimiser
+        gc.collect()
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 

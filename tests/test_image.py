@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import pickle
 from collections.abc import Callable
 from pathlib import Path
@@ -228,6 +229,32 @@ def test_truncated_file_fails_at_load(make_nifti: MakeNifti) -> None:
     image = ScalarImage(truncated)
     assert image.shape == (1, 32, 32, 32)  # the header survives
     with pytest.raises(ImageFileError, match=r"truncated\.nii\.gz.*truncated or corrupt"):
+        image.load()
+
+
+def test_multi_member_gzip_spanning_many_chunks_loads_like_nibabel(make_nifti: MakeNifti) -> None:
+    """Several MiB inflated in 1 MiB pieces, across two gzip members (as `cat a.gz b.gz`)."""
+    rng = np.random.default_rng(1)
+    array = rng.integers(-500, 3000, (96, 80, 72)).astype(np.int16)  # 1.05 MiB per 8 slices
+    path = make_nifti("one.nii", array, AFFINE)
+    content = path.read_bytes()
+    joined = path.with_name("two-members.nii.gz")
+    middle = len(content) // 3
+    joined.write_bytes(gzip.compress(content[:middle]) + gzip.compress(content[middle:]))
+    data = ScalarImage(joined).data
+    expected = np.asanyarray(nib.load(joined).dataobj).astype(np.float32)
+    assert torch.equal(data[0], torch.from_numpy(expected))
+
+
+def test_corrupt_compressed_data_fails_at_load(make_nifti: MakeNifti) -> None:
+    rng = np.random.default_rng(2)
+    path = make_nifti("full.nii.gz", rng.integers(0, 1000, (64, 64, 64)).astype(np.int16))
+    content = bytearray(path.read_bytes())
+    content[len(content) // 2 : len(content) // 2 + 64] = bytes(64)
+    corrupt = path.with_name("corrupt.nii.gz")
+    corrupt.write_bytes(bytes(content))
+    image = ScalarImage(corrupt)
+    with pytest.raises(ImageFileError, match=r"corrupt\.nii\.gz.*truncated or corrupt"):
         image.load()
 
 

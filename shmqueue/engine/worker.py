@@ -19,6 +19,7 @@ from multiprocessing.connection import Connection, wait
 import torch
 
 from ..pipeline import SubjectPipeline
+from ..volumes import use_volume_pool
 from .layout import SlotLayout
 from .protocol import Shutdown, SubjectState, TaskDone, TaskFailed, TaskMessage, WorkerReady
 from .ring import RingView, SegmentHandle
@@ -88,6 +89,7 @@ def worker_main(
     for fd in inherited_fds:  # under fork: our copy of the lifeline's write end
         os.close(fd)
     torch.set_num_threads(1)
+    use_volume_pool()
     ring = RingView(handle.open(), layout)
     try:
         results.send(WorkerReady(worker_id))
