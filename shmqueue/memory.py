@@ -46,6 +46,7 @@ from .subject_memory import (
     total_bytes,
 )
 from .transforms import SubjectTransform
+from .volumes import SMALLEST_POOLED
 
 MiB = 2**20
 
@@ -157,8 +158,10 @@ class ConsumerMemory:
             filled (the loader prepares nothing further ahead).
         pinned: page-locked batches for ``pin_memory`` (CUDA's host allocator rounds each up to a
             power of two and caches it).
-        allocator: freed batches the heap keeps (:data:`RETAINED_BATCHES`; only batch tensors
-            under 32 MiB, which glibc serves from its heap).
+        allocator: freed batches kept for reuse: with workers, one per image in the queue's
+            volume pool (:mod:`shmqueue.volumes`; batches under 1 MiB come from the heap, which
+            keeps :data:`RETAINED_BATCHES`); in-process, :data:`RETAINED_BATCHES` that the heap
+            keeps (only batch tensors under 32 MiB, which glibc serves from its heap).
         buffered_patches: ``num_workers=0`` only: the patch Subjects of the buffer (up to
             ``max_length``, or the epoch's patches if fewer) and of the batch being assembled.
             With workers they are in the ring.
@@ -537,9 +540,14 @@ def estimate_memory(
         if batch_size * field.nbytes < HEAP_BLOCK_LIMIT
     )
     if num_workers:
-        # The engine fills batches straight from the ring, into pinned memory if asked.
+        # The engine fills batches straight from the ring, into pinned memory if asked, else into
+        # the queue's volume pool: one freed batch waits there for the next, outside the heap.
         pageable = 0 if pin_memory else 2 * batch_bytes
-        consumer = ConsumerMemory(pageable, pinned, RETAINED_BATCHES * heap_batch, 0)
+        freed = sum(
+            size if size >= SMALLEST_POOLED else RETAINED_BATCHES * size
+            for size in (batch_size * field.nbytes for field in layout.fields)
+        )
+        consumer = ConsumerMemory(pageable, pinned, 0 if pin_memory else freed, 0)
     else:
         epoch_patches = sum(
             patches_per_volume if limit is None else min(patches_per_volume, limit)

@@ -50,6 +50,7 @@ from .sampling.base import PATCH_LOCATION_KEY, PatchLocation, PatchSampler, extr
 from .stats import QueueStats
 from .subject import Subject
 from .transforms import SubjectTransform
+from .volumes import VolumePool
 
 logger = logging.getLogger("shmqueue")
 
@@ -173,6 +174,8 @@ class Queue(IterableDataset[Subject]):
         self._coordinator: Coordinator | None = None
         self._closed_reason: str | None = None
         self._in_process_stats = QueueStats(max_length=self.max_length)
+        # Batch tensors: reused once the training loop lets go of them (see shmqueue.volumes).
+        self._batch_volumes = VolumePool()
 
     # TorchIO's properties -----------------------------------------------------------------------
 
@@ -544,11 +547,13 @@ class _BatchBuilder:
         self.queue = queue
         self.ring = ring
         self.layout = queue.layout
+        fields = self.layout.fields
+        shapes = {field: (batch_size, *self.layout.patch_shape(field)) for field in fields}
         self.data = {
-            field.name: torch.empty(
-                (batch_size, *self.layout.patch_shape(field)), dtype=field.dtype, pin_memory=pin
-            )
-            for field in self.layout.fields
+            field.name: torch.empty(shape, dtype=field.dtype, pin_memory=True)
+            if pin
+            else queue._batch_volumes.empty(shape, field.dtype)
+            for field, shape in shapes.items()
         }
         self.taken: list[TakenPatch] = []
         self.locations: list[PatchLocation] = []

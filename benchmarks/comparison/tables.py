@@ -194,14 +194,22 @@ class Comparison:
             for library in (TORCHIO_1, TORCHIO_2):
                 if library not in self.libraries:
                     continue
-                speedup = self.median(setting, SHMQUEUE, _patches_per_second) / self.median(
-                    setting, library, _patches_per_second
-                )
+                theirs = self.median(setting, library, _patches_per_second)
+                speedup = self.median(setting, SHMQUEUE, _patches_per_second) / theirs
                 cpu = self.versus(setting, library, _cpu_ms_per_patch)
+                value = f"{speedup:.2f}x (CPU per patch: {cpu} of {library.label}'s)"
+                bound = setting.batch_size / setting.step_seconds if setting.step_seconds else 0
+                if bound and goal * theirs > bound:
+                    value += (
+                        f"; unreachable: {goal:g}x {theirs:.1f} = {goal * theirs:.1f} patches/s,"
+                        f" above the {bound:.1f} that a"
+                        f" {setting.step_seconds:g} s step per batch of {setting.batch_size}"
+                        " allows any library"
+                    )
                 verdicts.append(
                     Verdict(
                         f"throughput >= {goal:g}x {library.label}'s, {setting.label}",
-                        f"{speedup:.2f}x (CPU per patch: {cpu} of {library.label}'s)",
+                        value,
                         speedup >= goal,
                     )
                 )
