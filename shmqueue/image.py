@@ -13,7 +13,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, BinaryIO, ClassVar
 
 import nibabel as nib
 import numpy as np
@@ -89,24 +89,27 @@ def _native_byte_order(array: np.ndarray) -> np.ndarray:
 def _read_unscaled(proxy: Any, path: Path) -> np.ndarray:
     """The stored voxels of the image nibabel opened as ``proxy``, unscaled, in the header's shape.
 
-    A single-file gzipped NIfTI is inflated by :func:`_inflate`, and the voxels are a view of the
-    inflated bytes. Anything else is read by nibabel.
+    A single-file gzipped NIfTI (``.nii.gz``; Nifti2Image is a Nifti1Image) is inflated by
+    :func:`_inflate`, and the voxels are a view of the inflated bytes. Anything else is read by
+    nibabel.
     """
-    if not _is_gzipped_single_file_nifti(proxy, path):
-        return np.asanyarray(proxy.dataobj.get_unscaled())
-    stored = proxy.dataobj  # nibabel's ArrayProxy: where the voxels are and how they are laid out
-    dtype = np.dtype(stored.dtype)
-    count = math.prod(stored.shape)
-    inflated = _inflate(path, stored.offset + count * dtype.itemsize)
-    voxels: np.ndarray = inflated[stored.offset :].view(dtype)
-    return voxels.reshape(stored.shape, order=stored.order)
+    if isinstance(proxy, nib.Nifti1Image):
+        with open(path, "rb") as file:
+            if file.read(len(GZIP_MAGIC)) == GZIP_MAGIC:
+                file.seek(0)
+                stored: Any = proxy.dataobj  # nibabel's ArrayProxy: the voxels' offset and layout
+                dtype = np.dtype(stored.dtype)
+                size = stored.offset + math.prod(stored.shape) * dtype.itemsize
+                voxels: np.ndarray = _inflate(file, size)[stored.offset :].view(dtype)
+                return voxels.reshape(stored.shape, order=stored.order)
+    return np.asanyarray(proxy.dataobj.get_unscaled())
 
 
 INFLATE_CHUNK = 2**20
 
 
-def _inflate(path: Path, size: int) -> np.ndarray:
-    """The first ``size`` bytes the gzip file at ``path`` inflates to, in a pooled buffer.
+def _inflate(file: BinaryIO, size: int) -> np.ndarray:
+    """The first ``size`` bytes the gzip stream in ``file`` inflates to, in a pooled buffer.
 
     ISA-L inflates twice as fast as zlib (and than nibabel's ``GzipFile`` reads). The file is read
     and inflated 1 MiB at a time into a buffer from the volume pool, so that neither the file nor
@@ -121,33 +124,25 @@ def _inflate(path: Path, size: int) -> np.ndarray:
     filled = 0
     decompressor = isal_zlib.decompressobj(wbits=GZIP_WBITS)
     pending = b""
-    with open(path, "rb") as file:
-        while not (filled == size and decompressor.eof):
+    while not (filled == size and decompressor.eof):
+        if not pending:
+            pending = file.read(INFLATE_CHUNK)
             if not pending:
-                pending = file.read(INFLATE_CHUNK)
-                if not pending:
-                    break
-            piece = decompressor.decompress(pending, INFLATE_CHUNK)
-            kept = min(len(piece), size - filled)  # a longer stream's rest is checked, not kept
-            inflated[filled : filled + kept] = np.frombuffer(piece, np.uint8, kept)
-            filled += kept
-            if decompressor.eof and filled < size:  # the end of a gzip member; another follows
-                pending = decompressor.unused_data
-                decompressor = isal_zlib.decompressobj(wbits=GZIP_WBITS)
-            else:
-                pending = decompressor.unconsumed_tail
+                break
+        piece = decompressor.decompress(pending, INFLATE_CHUNK)
+        kept = min(len(piece), size - filled)  # a longer stream's rest is checked, not kept
+        inflated[filled : filled + kept] = np.frombuffer(piece, np.uint8, kept)
+        filled += kept
+        if decompressor.eof and filled < size:  # the end of a gzip member; another follows
+            pending = decompressor.unused_data
+            decompressor = isal_zlib.decompressobj(wbits=GZIP_WBITS)
+        else:
+            pending = decompressor.unconsumed_tail
     if filled < size:
         raise OSError(f"the file inflates to {filled} bytes but its header describes {size}")
     if not decompressor.eof:
         raise OSError("the file ends before its gzip checksum")
     return inflated
-
-
-def _is_gzipped_single_file_nifti(proxy: Any, path: Path) -> bool:
-    if not isinstance(proxy, nib.Nifti1Image):  # a .nii or .nii.gz; Nifti2Image is a subclass
-        return False
-    with open(path, "rb") as file:
-        return file.read(2) == GZIP_MAGIC
 
 
 def shift_affine(affine: np.ndarray, index: tuple[int, int, int]) -> np.ndarray:

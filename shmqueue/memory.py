@@ -52,11 +52,10 @@ MiB = 2**20
 
 # Constants, measured as the module docstring says ------------------------------------------------
 
-PROCESS_BASELINE = 150 * MiB
+PROCESS_BASELINE = 155 * MiB
 """Anonymous memory of an interpreter that imported shmqueue (torch, numpy, nibabel) and has run
 the pipeline: a spawned worker, or the training process, besides the data it holds. Measured
-149-150 MiB idle; spawned workers that had run the pipeline measured 158-168 MiB at their peak
-with 10-20 MiB of volumes, which come from the volume pool, outside the heap."""
+149-150 MiB idle, 155-157 MiB once it has loaded and transformed subjects."""
 
 SHARED_LIBRARIES = 88 * MiB
 """Resident pages of the shared libraries (libtorch and the rest), counted once per rank: every
@@ -113,7 +112,8 @@ class WorkerPeak:
             of in-memory images, except under fork, where they stay shared).
         raw: volumes in their stored dtype: the inflated bytes of a ``.nii.gz``, the memory map
             of a ``.nii``, or nibabel's read buffer for other formats.
-        decompression: the compressed file's bytes, alive only while a ``.nii.gz`` is inflated.
+        decompression: the pieces in flight (1 MiB read, 1 MiB inflated) while a ``.nii.gz`` is
+            inflated.
         loaded: volumes in their loaded dtype (float32 for scalar images, the label dtype).
         conversion: temporaries of intensity scaling (``scl_slope``/``scl_inter``) and of
             checking that float label maps hold whole numbers.

@@ -28,7 +28,7 @@ import torch
 from nibabel import nifti1
 
 from .errors import SubjectError, WorkerDiedError
-from .image import Image, LabelMap, ScalarImage
+from .image import INFLATE_CHUNK, Image, LabelMap, ScalarImage
 from .machine import return_free_memory
 from .pipeline import SubjectPipeline
 from .plan import SubjectTask
@@ -85,7 +85,6 @@ class ImageInfo:
     label_same_dtype: bool  # a label map loaded in its stored dtype: no conversion copy
     in_memory: bool
     compressed: bool
-    compressed_bytes: int  # the file's size, for a compressed file
 
     @property
     def raw_bytes(self) -> int:
@@ -162,7 +161,6 @@ def image_info(name: str, image: Image) -> ImageInfo:
     else:
         stored, scaled = _file_storage(image)
     loaded = image.dtype
-    compressed = image.path is not None and image.path.name.endswith(".gz")
     return ImageInfo(
         name=name,
         scalar=not isinstance(image, LabelMap),
@@ -177,8 +175,7 @@ def image_info(name: str, image: Image) -> ImageInfo:
         and stored.kind in "iub"
         and stored.itemsize == loaded.itemsize,
         in_memory=image.path is None,
-        compressed=compressed,
-        compressed_bytes=image.path.stat().st_size if compressed and image.path else 0,
+        compressed=image.path is not None and image.path.name.endswith(".gz"),
     )
 
 
@@ -206,19 +203,18 @@ class Moment:
 def _load_moments(info: ImageInfo, held: int) -> Iterator[Moment]:
     """The moments of ``Image.load`` for one image, with ``held`` bytes of images loaded before.
 
-    A ``.nii.gz`` is inflated in one call: the compressed file, read whole, and the inflated
-    bytes are alive together. An uncompressed
-    ``.nii`` is memory-mapped, which costs as much once its pages are read. The stored voxels
-    are then copied once, reordered channels-first and converted, into the loaded volume; scaled
-    voxels are copied to float32 and scaled in place. A float label map is compared with its
-    rounded copy before its cast to int32.
+    A ``.nii.gz`` is read and inflated 1 MiB at a time (:func:`~shmqueue.image._inflate`) into
+    a buffer of the stored voxels; an uncompressed ``.nii`` is memory-mapped, which costs as much
+    once its pages are read. The stored voxels are then copied once, reordered channels-first and
+    converted, into the loaded volume; scaled voxels are copied to float32 and scaled in place. A
+    float label map is compared with its rounded copy before its cast to int32.
     """
     name = f"'{info.name}'"
     raw = info.raw_bytes
     if info.compressed:
-        yield Moment(
-            f"decompressing {name}", raw=raw, decompression=info.compressed_bytes, loaded=held
-        )
+        # Besides its output: the compressed piece just read and the piece just inflated.
+        pieces = 2 * min(raw, INFLATE_CHUNK)
+        yield Moment(f"decompressing {name}", raw=raw, decompression=pieces, loaded=held)
     final = held + info.loaded_bytes
     if info.scaled:
         yield Moment(f"scaling {name}", raw=raw, loaded=final)
@@ -336,10 +332,13 @@ def _subject_peak(
     prepares and draws. Writing patches into the ring allocates nothing. In-memory images are not
     loaded: they are counted with the subject list. The loaded and transformed volumes come from
     the process's :mod:`~shmqueue.volumes` pool, which keeps them, free, while the next subject
-    of this kind inflates its files and takes them back one by one.
+    inflates its files and takes them back one by one.
     """
     transform_peak = _transform_peak(transform, images)
-    pooled = sum(info.loaded_bytes for info in images if not info.in_memory) + transform_peak
+    loaded_files = [info.loaded_bytes for info in images if not info.in_memory]
+    # The pool also keeps a buffer of a nearby size until it goes stale: with subjects of mixed
+    # shapes, workers measured up to one loaded volume more than the subject's own.
+    pooled = sum(loaded_files) + transform_peak + max(loaded_files, default=0)
     moments: list[Moment] = []
     held = retained = 0
     for info in images:
@@ -367,17 +366,20 @@ def _subject_peak(
 
 
 def _freed_by_load(info: ImageInfo, temporaries: int) -> int:
-    """What of ``load``'s ``temporaries`` the heap keeps while the transform and sampler run.
+    """What of ``load``'s ``temporaries`` the process keeps while the transform and sampler run.
 
-    ``temporaries`` are what ``load`` held beyond the loaded volume at its peak: the inflated
-    bytes of a ``.nii.gz``. They are freed when ``load`` returns, as a hole that the next, larger
-    float32 volumes (Flip's, Noise's) do not fit in, so the heap keeps it until the worker trims
-    it before its next subject. Blocks of 32 MiB or more are unmapped instead; an
-    uncompressed file's buffer is a memory map, which is unmapped too.
+    ``temporaries`` are what ``load`` held beyond the loaded volume at its peak. A ``.nii.gz``'s
+    inflated bytes go back to the volume pool, which keeps them for the next subject. Anything
+    else nibabel read into the heap is freed when ``load`` returns, as a hole that the next,
+    larger float32 volumes do not fit in, so the heap keeps it until the worker trims it before
+    its next subject; blocks of 32 MiB or more are unmapped instead, and so is an uncompressed
+    file's memory map.
     """
+    if info.compressed:
+        return info.raw_bytes
     if info.raw_bytes >= HEAP_BLOCK_LIMIT:
         return 0
-    return temporaries - (0 if info.compressed else info.raw_bytes)
+    return temporaries - info.raw_bytes
 
 
 def peak_subject(

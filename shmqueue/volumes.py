@@ -88,7 +88,7 @@ class VolumePool:
         else:
             stale = self._requests - KEPT_REQUESTS
             self._entries = [e for e in self._entries if e.last_request > stale or not e.free]
-            entry = _Entry(np.frombuffer(mmap.mmap(-1, nbytes), np.uint8), 0)
+            entry = _Entry(np.frombuffer(_private_map(nbytes), np.uint8), 0)
             self._entries.append(entry)
         entry.last_request = self._requests
         return torch.from_numpy(entry.buffer[:nbytes].view(numpy_dtype).reshape(shape))
@@ -97,6 +97,12 @@ class VolumePool:
     def pooled_bytes(self) -> int:
         """Bytes of all buffers the pool holds, in use or free."""
         return sum(entry.buffer.nbytes for entry in self._entries)
+
+
+def _private_map(nbytes: int) -> mmap.mmap:
+    """Anonymous private memory: ``mmap.mmap(-1, n)`` alone maps shared memory, which a forked
+    child would share with its parent and which counts as shmem, not as the process's own."""
+    return mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
 
 
 _POOL: VolumePool | None = None
