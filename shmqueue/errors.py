@@ -26,6 +26,14 @@ class ImageFileNotFoundError(ImageFileError, FileNotFoundError):
     """An image's path does not exist."""
 
 
+class ImageChangedError(ImageFileError):
+    """An image file's header no longer matches the one read when the queue was built."""
+
+
+class ImageMemoryError(ShmqueueError, MemoryError):
+    """An image's voxels could not be read for lack of memory; the message gives the figures."""
+
+
 class InvalidImageError(ShmqueueError, ValueError):
     """An image has the wrong dimensionality, dtype or values for what is asked of it."""
 
@@ -42,8 +50,22 @@ class SamplingError(SubjectError):
     """A sampler cannot draw patches from a subject (empty probability map, absent labels)."""
 
 
+class TransformOutputError(SubjectError):
+    """A transform's output does not fit the ring: an image added, removed, or changed in
+    channels or dtype. The message names the transform, the image and both descriptions."""
+
+
 class QueueClosedError(ShmqueueError, RuntimeError):
     """The queue was closed (or broken by an earlier failure) and cannot produce patches."""
+
+
+class ConcurrentIterationError(ShmqueueError, RuntimeError):
+    """An iterator over a queue was superseded by a newer one: two at once would split the epoch."""
+
+
+class ForeignProcessError(ShmqueueError, RuntimeError):
+    """A queue was used in a process other than the one that built it (a fork, a DataLoader
+    worker); only the building process may run its engine."""
 
 
 class SubjectProcessingError(ShmqueueError):
@@ -57,6 +79,10 @@ class SubjectProcessingError(ShmqueueError):
 
 class WorkerDiedError(ShmqueueError):
     """A worker process exited without being asked to, e.g. killed by a signal."""
+
+
+class WorkerTimeoutError(ShmqueueError, TimeoutError):
+    """No worker reported within the queue's ``timeout`` while the consumer waited for patches."""
 
 
 class RingAllocationError(ShmqueueError, MemoryError):
