@@ -211,6 +211,13 @@ class Queue(IterableDataset[Subject]):
         return pretty_bytes(self.max_memory)
 
     @property
+    def worker_pids(self) -> list[int]:
+        """The worker processes' ids; empty until the first iteration starts the engine."""
+        if self._coordinator is None:
+            return []
+        return [pid for pid in self._coordinator.worker_pids if pid is not None]
+
+    @property
     def epoch(self) -> int:
         """The epoch the next iteration will run."""
         return self._epoch

@@ -35,6 +35,7 @@ START_METHODS = ("fork", "spawn", "forkserver")
 PATCHES_PER_VOLUME = 4
 MAX_LENGTH = 8  # two subjects' patches
 PROMPT = 5.0  # seconds: "at once" on a loaded two-core machine; only a hang exceeds it
+SHUTDOWN = 10.0  # seconds for close(): a grace period, then SIGTERM, then SIGKILL
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -82,13 +83,16 @@ class InterruptTrainingOn(MisbehaveOn):
 # Helpers -----------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
 class Setup:
-    """What a fault case gets: the subjects (six NIfTI files) and the start method."""
+    """What a fault case gets: the subjects (six NIfTI files), the start method, and a record of
+    the queues it made and of the moment it provoked the fault (for the row's time bounds)."""
 
-    subjects: list[sq.Subject]
-    start_method: str
-    tmp_path: Path
+    def __init__(self, subjects: list[sq.Subject], start_method: str, tmp_path: Path) -> None:
+        self.subjects = subjects
+        self.start_method = start_method
+        self.tmp_path = tmp_path
+        self.queues: list[sq.Queue] = []
+        self.struck_at: float | None = None
 
     def queue(self, num_workers: int = 2, **options: Any) -> sq.Queue:
         settings: dict[str, Any] = {
@@ -99,15 +103,27 @@ class Setup:
             "multiprocessing_context": self.start_method,
         }
         settings.update(options)
-        return sq.Queue(
+        queue = sq.Queue(
             self.subjects, sq.UniformSampler(None, 8), num_workers=num_workers, **settings
         )
+        self.queues.append(queue)
+        return queue
+
+    def strike(self) -> None:
+        """Mark the moment the fault is provoked: detection is timed from here."""
+        self.struck_at = time.monotonic()
+
+    def close(self) -> list[int]:
+        """Close every queue the case made; the pids of all their workers."""
+        pids = [pid for queue in self.queues for pid in queue.worker_pids]
+        for queue in self.queues:
+            queue.close()
+        return pids
 
 
 def worker_pids(queue: sq.Queue) -> list[int]:
-    assert queue._coordinator is not None, "the engine starts with the first iteration"
-    pids = [pid for pid in queue._coordinator.worker_pids if pid is not None]
-    assert len(pids) == queue.num_workers
+    pids = queue.worker_pids
+    assert len(pids) == queue.num_workers, "the engine starts with the first iteration"
     return pids
 
 
@@ -139,101 +155,92 @@ def assert_closed(queue: sq.Queue, reason: str) -> None:
 
 
 # The cases ---------------------------------------------------------------------------------------
+# A case provokes its fault (calling ``setup.strike()`` at that moment) and lets the exception the
+# training process sees propagate; its row in FAULTS states the type, the message and the bounds.
+# Checks beyond the message go in the row's ``check``.
 
 
 def transform_raises(setup: Setup) -> None:
     """A subject's transform raises in a worker: the error names it, with the remote traceback."""
-    failing = setup.subjects[1]
-    with setup.queue(transform=FailOn("sub-01")) as queue:
-        yielded = 0
-        with pytest.raises(sq.SubjectProcessingError) as caught:
-            for _ in queue:
-                yielded += 1
+    queue = setup.queue(transform=FailOn("sub-01"))
+    setup.strike()
+    yielded = 0
+    try:
+        for _ in queue:
+            yielded += 1
+    finally:
         # Subject 1 is in the first buffer fill, so its failure must be raised before any patch
         # is yielded, not after the rest of the epoch.
         assert yielded == 0
-        message = str(caught.value)
-        assert "sub-01" in message
-        assert str(failing.t1.path) in message and str(failing.seg.path) in message
-        assert "epoch 0" in message
-        assert "ValueError: intensities of sub-01 are corrupt" in message
-        original = caught.value.__cause__
-        assert isinstance(original, ValueError)
-        assert str(original) == "intensities of sub-01 are corrupt"
-        remote = original.__cause__
-        assert isinstance(remote, RemoteTraceback)
-        assert "Traceback (most recent call last)" in remote.traceback_text
-        assert 'raise ValueError(f"intensities of {self.name} are corrupt")' in (
-            remote.traceback_text
-        )
-        assert "in act" in remote.traceback_text
-        pids = worker_pids(queue)
-        assert_closed(queue, "SubjectProcessingError")
-    assert_gone(pids)
+
+
+def check_transform_raises(error: BaseException, setup: Setup) -> None:
+    failing = setup.subjects[1]
+    message = str(error)
+    assert str(failing.t1.path) in message and str(failing.seg.path) in message
+    assert "ValueError: intensities of sub-01 are corrupt" in message
+    assert not message.endswith(".."), "a doubled period"
+    original = error.__cause__
+    assert isinstance(original, ValueError)
+    assert str(original) == "intensities of sub-01 are corrupt"
+    remote = original.__cause__
+    assert isinstance(remote, RemoteTraceback)
+    assert "Traceback (most recent call last)" in remote.traceback_text
+    assert 'raise ValueError(f"intensities of {self.name} are corrupt")' in remote.traceback_text
+    assert "in act" in remote.traceback_text
+    assert_closed(setup.queues[0], "SubjectProcessingError")
 
 
 def worker_sigkilled(setup: Setup) -> None:
     """A worker is SIGKILLed mid-epoch (as by the OOM killer): reported at once, with the cause."""
-    with setup.queue() as queue:
-        patches = iter(queue)
-        next(patches)
-        pids = worker_pids(queue)
-        os.kill(pids[0], signal.SIGKILL)
-        assert not wait_for_exit(pids[:1], timeout=30), "SIGKILL did not end the worker"
-        started = time.monotonic()
-        with pytest.raises(sq.WorkerDiedError) as caught:
-            for _ in patches:
-                pass
-        assert time.monotonic() - started < PROMPT
-        message = str(caught.value)
-        assert f"Worker 0 (pid {pids[0]}) was killed by SIGKILL" in message
-        assert "out-of-memory" in message
-        assert "num_workers" in message  # says what to do
-        assert_closed(queue, "WorkerDiedError")
-    assert_gone(pids)
+    queue = setup.queue()
+    patches = iter(queue)
+    next(patches)
+    pids = worker_pids(queue)
+    os.kill(pids[0], signal.SIGKILL)
+    assert not wait_for_exit(pids[:1], timeout=30), "SIGKILL did not end the worker"
+    setup.strike()
+    for _ in patches:
+        pass
+
+
+def check_worker_sigkilled(error: BaseException, setup: Setup) -> None:
+    pid = setup.queues[0].worker_pids[0]
+    assert f"Worker 0 (pid {pid}) was killed by SIGKILL" in str(error)
+    assert_closed(setup.queues[0], "WorkerDiedError")
 
 
 def worker_exits(setup: Setup) -> None:
     """A worker's process exits in user code: the exit code and the subject it was on."""
-    with setup.queue(transform=ExitOn("sub-01")) as queue:
-        with pytest.raises(sq.WorkerDiedError) as caught:
-            for _ in queue:
-                pass
-        message = str(caught.value)
-        assert "exited with code 3" in message
-        assert "while processing subject 1 'sub-01'" in message
-        pids = worker_pids(queue)
-    assert_gone(pids)
+    queue = setup.queue(transform=ExitOn("sub-01"))
+    setup.strike()
+    for _ in queue:
+        pass
 
 
 def keyboard_interrupt_in_loop(setup: Setup) -> None:
     """Ctrl-C in the training loop's body: workers survive it, the queue stays usable."""
-    with setup.queue() as queue:
-        loader = sq.SubjectsLoader(queue, batch_size=4)
-        with pytest.raises(KeyboardInterrupt):
-            for number, _ in enumerate(loader):
-                if number == 1:
-                    pids = worker_pids(queue)
-                    for pid in pids:  # a terminal's Ctrl-C reaches the whole process group
-                        os.kill(pid, signal.SIGINT)
-                    signal.raise_signal(signal.SIGINT)
-        assert worker_pids(queue) == pids
-        assert sum(batch.t1.data.shape[0] for batch in loader) == len(queue)
-        stats = queue.stats()
-        assert stats.ready + stats.in_workers <= MAX_LENGTH
-    assert_gone(pids)
+    queue = setup.queue()
+    loader = sq.SubjectsLoader(queue, batch_size=4)
+    with pytest.raises(KeyboardInterrupt):
+        for number, _ in enumerate(loader):
+            if number == 1:
+                pids = worker_pids(queue)
+                for pid in pids:  # a terminal's Ctrl-C reaches the whole process group
+                    os.kill(pid, signal.SIGINT)
+                signal.raise_signal(signal.SIGINT)
+    assert worker_pids(queue) == pids
+    assert sum(batch.t1.data.shape[0] for batch in loader) == len(queue)
+    stats = queue.stats()
+    assert stats.ready + stats.in_workers <= MAX_LENGTH
 
 
 def ctrl_c_while_waiting(setup: Setup) -> None:
     """Ctrl-C while the training process waits for a stuck worker: close() still ends it."""
-    with setup.queue(transform=InterruptTrainingOn("sub-01")) as queue:
-        with pytest.raises(KeyboardInterrupt):
-            for _ in queue:
-                pass
-        pids = worker_pids(queue)
-        queue.close()
-        assert_gone(pids)
-        queue.close()
+    queue = setup.queue(transform=InterruptTrainingOn("sub-01"))
+    setup.strike()
+    for _ in queue:
+        pass
 
 
 def close_twice(setup: Setup) -> None:
@@ -246,8 +253,8 @@ def close_twice(setup: Setup) -> None:
     assert_gone(pids)
     queue.close()
     assert_closed(queue, "the queue was closed")
-    with pytest.raises(sq.QueueClosedError):
-        next(patches)
+    setup.strike()
+    next(patches)
 
 
 def context_exit_on_error(setup: Setup) -> None:
@@ -257,12 +264,20 @@ def context_exit_on_error(setup: Setup) -> None:
         pids = worker_pids(queue)
         raise RuntimeError("user code")
     assert_gone(pids)
-    assert_closed(queue, "the queue was closed")
+    setup.strike()
+    next(iter(queue))
 
 
 def garbage_collected(setup: Setup) -> None:
     """A queue dropped without close() is cleaned up when collected."""
-    queue = setup.queue()
+    queue = sq.Queue(  # not through setup.queue(), which would keep it alive
+        setup.subjects,
+        sq.UniformSampler(None, 8),
+        max_length=MAX_LENGTH,
+        patches_per_volume=PATCHES_PER_VOLUME,
+        num_workers=2,
+        multiprocessing_context=setup.start_method,
+    )
     assert sum(1 for _ in queue) == len(queue)
     pids = worker_pids(queue)
     del queue
@@ -272,17 +287,19 @@ def garbage_collected(setup: Setup) -> None:
 
 def unpicklable_transform(setup: Setup) -> None:
     """A lambda cannot reach spawn/forkserver workers: say so, and what to do instead."""
-    with setup.queue(transform=lambda subject: subject) as queue:
-        with pytest.raises(TypeError) as caught:
-            next(iter(queue))
-        message = str(caught.value)
-        assert f"'{setup.start_method}' start method" in message
-        assert "<lambda>" in message
-        assert "module level" in message
-        assert "multiprocessing_context='fork'" in message
-        assert queue._coordinator is None  # nothing was left half-started
-        with pytest.raises(TypeError, match="module level"):  # and trying again says the same
-            next(iter(queue))
+    queue = setup.queue(transform=lambda subject: subject)
+    with pytest.raises(TypeError, match="module level"):
+        next(iter(queue))
+    assert queue.worker_pids == []  # nothing was left half-started
+    setup.strike()
+    next(iter(queue))  # and trying again says the same
+
+
+def check_unpicklable(error: BaseException, setup: Setup) -> None:
+    message = str(error)
+    assert f"'{setup.start_method}' start method" in message
+    assert "<lambda>" in message
+    assert "multiprocessing_context='fork'" in message
 
 
 _TRAINING_SCRIPT = """
@@ -305,7 +322,7 @@ def main() -> None:
         patches = iter(queue)
         next(patches)
         running.append((queue, patches))
-    workers = {queue.backend: queue._coordinator.worker_pids for queue, _ in running}
+    workers = {queue.backend: queue.worker_pids for queue, _ in running}
     print(json.dumps(workers), flush=True)
     sys.stdin.read()  # train until killed
 
@@ -371,25 +388,49 @@ def training_process_sigkilled(setup: Setup) -> None:
 
 @dataclass(frozen=True)
 class Fault:
-    """A fault case and the start methods where it differs (pickling, inheritance, lifelines)."""
+    """One row: a fault, when it strikes, the start methods where it differs (pickling,
+    inheritance, lifelines), and what the training process must see, how soon."""
 
     provoke: Callable[[Setup], None]
+    strikes: str
     start_methods: tuple[str, ...]
+    raises: type[BaseException] | None  # None: the case checks its own outcome, nothing escapes
+    message: str | None = None  # a regular expression the message must match
+    detect_within: float = PROMPT  # seconds from setup.strike() to the exception
+    shutdown_within: float = SHUTDOWN  # seconds for closing every queue and its workers
+    check: Callable[[BaseException, Setup], None] | None = None
 
 
+ALL = START_METHODS
+FORK = ("fork",)
 FAULTS = (
-    Fault(transform_raises, START_METHODS),
-    Fault(worker_sigkilled, START_METHODS),
-    Fault(worker_exits, ("fork",)),
-    Fault(keyboard_interrupt_in_loop, ("fork",)),
-    Fault(ctrl_c_while_waiting, ("fork",)),
-    Fault(close_twice, ("fork",)),
-    Fault(context_exit_on_error, ("fork",)),
-    Fault(garbage_collected, ("fork",)),
-    Fault(unpicklable_transform, ("spawn", "forkserver")),
-    Fault(training_process_group_sigkilled, ("fork",)),
-    Fault(training_process_sigkilled, ("fork", "forkserver")),  # forkserver: grandchildren
-)
+    Fault(
+        transform_raises, "in the first fill", ALL, sq.SubjectProcessingError,
+        r"Worker \d failed on subject 1 'sub-01' .* in epoch 0: ValueError: intensities",
+        check=check_transform_raises,
+    ),
+    Fault(
+        worker_sigkilled, "mid-epoch", ALL, sq.WorkerDiedError,
+        r"was killed by SIGKILL \(SIGKILL usually comes from the kernel's out-of-memory killer\)"
+        r".*lower num_workers",
+        check=check_worker_sigkilled,
+    ),
+    Fault(
+        worker_exits, "in the first fill", FORK, sq.WorkerDiedError,
+        r"exited with code 3 .* while processing subject 1 'sub-01'",
+    ),
+    Fault(keyboard_interrupt_in_loop, "in the loop body", FORK, None),
+    Fault(ctrl_c_while_waiting, "while the consumer waits", FORK, KeyboardInterrupt),
+    Fault(close_twice, "mid-epoch", FORK, sq.QueueClosedError, "the queue was closed"),
+    Fault(context_exit_on_error, "in the loop body", FORK, sq.QueueClosedError, "was closed"),
+    Fault(garbage_collected, "after the epoch", FORK, None),
+    Fault(
+        unpicklable_transform, "at start-up", ("spawn", "forkserver"), TypeError,
+        r"<lambda>.*module level", check=check_unpicklable,
+    ),
+    Fault(training_process_group_sigkilled, "mid-epoch", FORK, None),
+    Fault(training_process_sigkilled, "mid-epoch", ("fork", "forkserver"), None),
+)  # fmt: skip
 
 
 @pytest.mark.timeout(300)
@@ -404,5 +445,27 @@ FAULTS = (
 def test_fault(
     fault: Fault, start_method: str, nifti_subjects: list[sq.Subject], tmp_path: Path
 ) -> None:
-    """Provoke the fault and check the case's outcome; ``no_leaks`` then checks the aftermath."""
-    fault.provoke(Setup(nifti_subjects, start_method, tmp_path))
+    """Provoke the fault, check what the training process saw and how soon, then close.
+
+    ``no_leaks`` then checks that no process, segment or descriptor is left.
+    """
+    setup = Setup(nifti_subjects, start_method, tmp_path)
+    try:
+        if fault.raises is None:
+            fault.provoke(setup)
+        else:
+            with pytest.raises(fault.raises, match=fault.message) as caught:
+                fault.provoke(setup)
+            detected = time.monotonic()
+            assert setup.struck_at is not None, "the case never called setup.strike()"
+            took = detected - setup.struck_at
+            assert took < fault.detect_within, f"detected after {took:.1f} s"
+            if fault.check is not None:
+                fault.check(caught.value, setup)
+    finally:
+        started = time.monotonic()
+        pids = setup.close()
+        alive = wait_for_exit(pids, timeout=fault.shutdown_within)
+        took = time.monotonic() - started
+    assert not alive, f"workers still running after close(): {alive}"
+    assert took < fault.shutdown_within, f"shutdown took {took:.1f} s"
