@@ -16,12 +16,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TextIO
 
-from .engine.ring import pretty_bytes
+from .arguments import check_count
 from .errors import ShmqueueError
 from .image import ScalarImage
 from .machine import memory_capacity
 from .memory import budget_problems, estimate_memory
 from .subject import Subject
+from .units import pretty_bytes
 
 EXIT_OK = 0
 EXIT_DOES_NOT_FIT = 1
@@ -91,12 +92,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _positive(text: str) -> int:
     try:
-        value = int(text)
+        return check_count("value", int(text))
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
 
 
 def _non_negative(text: str) -> int:

@@ -9,32 +9,30 @@ consumer waits.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import sys
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-import psutil
 import torch
 from torch import nn
 
 from .batch import Batch
-from .engine.ring import pretty_bytes
 from .image import LabelMap, ScalarImage
 from .loader import SubjectsLoader
+from .phantoms import head_phantom
 from .queue import Queue
 from .sampling.weighted import LabelSampler
 from .subject import Subject
 from .transforms import Compose, Flip, Noise, RescaleIntensity
+from .tree_memory import TreeMemorySampler
+from .units import pretty_bytes
 
 LABELS = ("background", "brain", "ventricles", "lesion")
-PHANTOM_SHAPE = (96, 112, 96)
 
 
 def default_cache_dir() -> Path:

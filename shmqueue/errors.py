@@ -8,10 +8,7 @@ input errors also derive from the builtin type a caller would expect (``ValueErr
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from .memory import MemoryEstimate
+from typing import Any
 
 
 class ShmqueueError(Exception):
@@ -95,13 +92,17 @@ class MemoryBudgetError(ShmqueueError, MemoryError):
     The message says which budget is exceeded (the ring's backend, or the available memory) and
     what to change (``max_length``, ``num_workers``, the patch size, a container's memory or
     ``--shm-size``), followed by the breakdown, which :attr:`estimate` also holds.
+
+    Attributes:
+        estimate: the plan's :class:`~shmqueue.MemoryEstimate`. Typed ``Any`` because this
+            module, the bottom of the package, imports nothing from it.
     """
 
-    def __init__(self, message: str, estimate: MemoryEstimate) -> None:
+    def __init__(self, message: str, estimate: Any) -> None:
         super().__init__(message)
         self.estimate = estimate
 
-    def __reduce__(self) -> tuple[type[MemoryBudgetError], tuple[str, MemoryEstimate]]:
+    def __reduce__(self) -> tuple[type[MemoryBudgetError], tuple[str, Any]]:
         return (type(self), (str(self), self.estimate))
 
 

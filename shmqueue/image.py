@@ -20,7 +20,16 @@ import numpy as np
 import torch
 from isal import isal_zlib
 
-from .errors import ImageFileError, ImageFileNotFoundError, InvalidImageError
+from .dtypes import numpy_dtype
+from .errors import (
+    ImageChangedError,
+    ImageFileError,
+    ImageFileNotFoundError,
+    ImageMemoryError,
+    InvalidImageError,
+)
+from .machine import memory_capacity
+from .units import pretty_bytes
 from .volumes import empty_volume
 
 PathLike = str | os.PathLike[str]
@@ -187,13 +196,20 @@ class Image:
             matrix = np.eye(4) if affine is None else np.asarray(affine, dtype=np.float64)
             if matrix.shape != (4, 4):
                 raise InvalidImageError(f"affine must be 4x4, got shape {matrix.shape}")
-            stored = torch.empty(0, dtype=self._data.dtype).numpy().dtype  # numpy lacks bfloat16
+            stored = numpy_dtype(self._data.dtype)
             self._header = ImageHeader(shape, stored, matrix)
         else:
             if affine is not None:
                 raise TypeError("affine is read from the file's header; pass it only with data")
             self.path = Path(path_or_data).expanduser()
             if not self.path.is_file():
+                if self.path.is_dir():
+                    raise ImageFileError(
+                        f"'{self.path}' is a directory, not an image file: a {type(self).__name__}"
+                        " needs the path of one NIfTI file (.nii or .nii.gz). DICOM series"
+                        " directories are not supported yet; convert the series to NIfTI first"
+                        " (e.g. with dcm2niix)."
+                    )
                 raise ImageFileNotFoundError(
                     f"Image file not found: '{self.path}' (resolved from '{Path.cwd()}'). Check"
                     " the path, or that the dataset is mounted."

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import psutil
 
-from .engine.ring import pretty_bytes
+from .units import pretty_bytes
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 CGROUP_MEMBERSHIP = Path("/proc/self/cgroup")

@@ -20,7 +20,6 @@ replaces the per-worker data model with a measurement.
 from __future__ import annotations
 
 import dataclasses
-import multiprocessing
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from multiprocessing.context import BaseContext
@@ -28,8 +27,9 @@ from typing import Any
 
 import torch
 
+from .arguments import check_count
+from .engine.backends import resolve_backend, resolve_context
 from .engine.layout import SlotLayout
-from .engine.ring import pretty_bytes, resolve_backend
 from .errors import ImageFileError, InvalidImageError, MemoryBudgetError, SubjectError
 from .machine import MemoryCapacity, memory_capacity
 from .sampling.base import PatchSampler
@@ -46,6 +46,7 @@ from .subject_memory import (
     total_bytes,
 )
 from .transforms import SubjectTransform
+from .units import pretty_bytes
 from .volumes import SMALLEST_POOLED
 
 MiB = 2**20
@@ -470,8 +471,8 @@ def estimate_memory(
         ("ranks_per_node", ranks_per_node),
         ("patches_per_volume", patches_per_volume),
     ):
-        _check_positive(name, value)
-    _check_positive("num_workers", num_workers, minimum=0)
+        check_count(name, value)
+    check_count("num_workers", num_workers, minimum=0)
     if len(subjects) == 0:
         raise ValueError("estimate_memory needs at least one subject")
     sampler = (
@@ -479,7 +480,7 @@ def estimate_memory(
         if isinstance(patch_size_or_sampler, PatchSampler)
         else UniformSampler(None, patch_size_or_sampler)
     )
-    start_method = _start_method(multiprocessing_context)
+    start_method = resolve_context(multiprocessing_context).get_start_method()
 
     infos: list[tuple[ImageInfo, ...]] = []
     for index, subject in enumerate(subjects):

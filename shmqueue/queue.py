@@ -20,17 +20,22 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import IterableDataset
+from torch.utils.data import IterableDataset, get_worker_info
 
+from .arguments import check_count
 from .batch import Batch, collate_subjects
 from .distributed import check_subject_sampler, predictable_sampler, warn_equalized
+from .engine.backends import resolve_backend, resolve_context
 from .engine.coordinator import Coordinator, TakenPatch
 from .engine.layout import MetadataField, SlotLayout
-from .engine.ring import RingView, pretty_bytes, resolve_backend
+from .engine.ring import RingView
 from .errors import (
+    ConcurrentIterationError,
+    ForeignProcessError,
     ImageFileError,
     InvalidImageError,
     QueueClosedError,
+    ShmqueueError,
     SubjectError,
     SubjectProcessingError,
 )
@@ -50,15 +55,10 @@ from .sampling.base import PATCH_LOCATION_KEY, PatchLocation, PatchSampler, extr
 from .stats import QueueStats
 from .subject import Subject
 from .transforms import SubjectTransform
+from .units import pretty_bytes
 from .volumes import VolumePool
 
 logger = logging.getLogger("shmqueue")
-
-
-def _positive_int(name: str, value: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return value
 
 
 class Queue(IterableDataset[Subject]):
@@ -128,17 +128,17 @@ class Queue(IterableDataset[Subject]):
         backend: str = "auto",
         equalize: str = "pad",
         check_memory: bool = True,
+        timeout: float = 0.0,
     ) -> None:
-        self.max_length = _positive_int("max_length", max_length)
-        self.patches_per_volume = _positive_int("patches_per_volume", patches_per_volume)
+        self.max_length = check_count("max_length", max_length)
+        self.patches_per_volume = check_count("patches_per_volume", patches_per_volume)
         if self.max_length < self.patches_per_volume:
             raise ValueError(
                 f"max_length ({max_length}) must be at least patches_per_volume"
                 f" ({patches_per_volume}): the buffer takes in all patches of a subject at once."
                 " Raise max_length (a multiple of patches_per_volume mixes best)."
             )
-        if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
-            raise ValueError(f"num_workers must be an integer >= 0, got {num_workers!r}")
+        check_count("num_workers", num_workers, minimum=0)
         if subject_sampler is not None and shuffle_subjects:
             raise ValueError(
                 "shuffle_subjects=True cannot be combined with a subject_sampler, which decides"
@@ -166,11 +166,15 @@ class Queue(IterableDataset[Subject]):
         self.seed = secrets.randbits(63) if seed is None else int(seed)
         self.deterministic = deterministic
         self.backend = resolve_backend(backend)
-        self._context = _resolve_context(multiprocessing_context)
+        self._context = resolve_context(multiprocessing_context)
         self._patch_counts, self.layout = self._inspect_subjects()
-        self._preflight(check_memory)
-        self._pipeline = SubjectPipeline(subjects, transform, patch_sampler)
+        self._check_memory = check_memory
+        self._memory = self.estimate_memory()  # checked now, and again when the ring is made
+        self._preflight()
+        self._pipeline = SubjectPipeline(subjects, transform, patch_sampler, self.layout.images)
         self._epoch = 0
+        # The newest iteration's plan; an iterator with another plan was superseded.
+        self._live_plan: EpochPlan | None = None
         self._coordinator: Coordinator | None = None
         self._closed_reason: str | None = None
         self._in_process_stats = QueueStats(max_length=self.max_length)
@@ -318,12 +322,13 @@ class Queue(IterableDataset[Subject]):
             coordinator.take, 1, lambda taken: patches.append(self._patch_from_slot(taken))
         ):
             yield patches.pop()
+            self._check_live(plan)
 
     def batches(
         self, batch_size: int, drop_last: bool = False, pin_memory: bool = False
     ) -> Iterator[Batch]:
         """One epoch of batches, each copied once from the ring into (optionally pinned) tensors."""
-        _positive_int("batch_size", batch_size)
+        check_count("batch_size", batch_size)
         if self.num_workers == 0:
             chunk: list[Subject] = []
             for patch in self:
@@ -601,12 +606,6 @@ def _copy_out(patch: torch.Tensor) -> torch.Tensor:
 
 def _describe_spec(spec: dict[str, tuple[int, torch.dtype]]) -> str:
     return "{" + ", ".join(f"{name}: {c} channel(s)" for name, (c, _) in spec.items()) + "}"
-
-
-def _resolve_context(context: str | BaseContext | None) -> BaseContext:
-    if context is None or isinstance(context, str):
-        return multiprocessing.get_context(context)
-    return context
 
 
 _pin_warned = False

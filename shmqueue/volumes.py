@@ -28,20 +28,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .dtypes import numpy_dtype
+
 SMALLEST_POOLED = 1 * 2**20
 """Tensors smaller than this come from torch's allocator: the heap reuses them already."""
-
-_NUMPY_DTYPES: dict[torch.dtype, np.dtype[np.generic]] = {
-    torch.float32: np.dtype(np.float32),
-    torch.float64: np.dtype(np.float64),
-    torch.float16: np.dtype(np.float16),
-    torch.uint8: np.dtype(np.uint8),
-    torch.int8: np.dtype(np.int8),
-    torch.int16: np.dtype(np.int16),
-    torch.int32: np.dtype(np.int32),
-    torch.int64: np.dtype(np.int64),
-    torch.bool: np.dtype(np.bool_),
-}
 
 ROOM = 1.25
 """A free buffer serves a request of at least ``1 / ROOM`` of its size (volumes of similar
@@ -73,9 +63,12 @@ class VolumePool:
 
     def empty(self, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
         """An uninitialised contiguous tensor, in a reused buffer when one of its size is free."""
-        numpy_dtype = _NUMPY_DTYPES.get(dtype)
         nbytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
-        if numpy_dtype is None or nbytes < SMALLEST_POOLED:
+        if nbytes < SMALLEST_POOLED:
+            return torch.empty(shape, dtype=dtype)
+        try:
+            numpy_type = numpy_dtype(dtype)
+        except TypeError:  # numpy has no bfloat16
             return torch.empty(shape, dtype=dtype)
         self._requests += 1
         fitting = [
@@ -91,7 +84,7 @@ class VolumePool:
             entry = _Entry(np.frombuffer(_private_map(nbytes), np.uint8), 0)
             self._entries.append(entry)
         entry.last_request = self._requests
-        return torch.from_numpy(entry.buffer[:nbytes].view(numpy_dtype).reshape(shape))
+        return torch.from_numpy(entry.buffer[:nbytes].view(numpy_type).reshape(shape))
 
     @property
     def pooled_bytes(self) -> int:
