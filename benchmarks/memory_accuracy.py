@@ -18,12 +18,13 @@ charges:
   ``RssFile`` of the tree, once;
 * the ring: its bytes, once (they are reserved with ``posix_fallocate`` and so resident).
 
-Sampling: reading ``smaps_rollup`` walks a process's page tables (milliseconds), so a sweep over
-six processes would miss the short peaks of a worker converting a volume. Each process's
-anonymous RSS (``/proc/<pid>/statm``, microseconds) is therefore read every 5 ms and corrected by
-the offset ``Pss_Anon - RssAnon`` of its last anchor, re-read every 0.25 s and at once for every
-process when the tree gains one (a fork shares pages anew). A continuous exact-rollup sampler
-agreed within 2-17 MiB (the fast one higher: it sees shorter peaks).
+Sampling: :class:`shmqueue.tree_memory.TreeMemorySampler` (its ``tree`` peak, plus the ring).
+Reading ``smaps_rollup`` walks a process's page tables (milliseconds), so a sweep over six
+processes would miss the short peaks of a worker converting a volume. Each process's anonymous
+RSS (``/proc/<pid>/statm``, microseconds) is therefore read every 5 ms and corrected by the offset
+``Pss_Anon - RssAnon`` of its last anchor, re-read every 0.25 s and at once for every process when
+the tree gains one (a fork shares pages anew). A continuous exact-rollup sampler agreed within
+2-17 MiB (the fast one higher: it sees shorter peaks).
 
 The sum of USS plus the ring is shown too, as asked in the issue, but it is not a measure of the
 tree's memory: the training process's pages that forked workers still share are in nobody's USS
@@ -40,11 +41,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
-import threading
-import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -54,14 +52,14 @@ import nibabel as nib
 import numpy as np
 import psutil
 
+from shmqueue.tree_memory import TreeMemoryPeaks, TreeMemorySampler
+
 from .data import DatasetSpec, data_dir, ensure_dataset
 from .report import MIB, markdown_table, text_table
 
 TARGET = 1.25
 SAMPLE_SECONDS = 0.005
 ANCHOR_SECONDS = 0.25
-TREE_SECONDS = 0.1  # how often to list the tree's processes again
-PAGE = os.sysconf("SC_PAGE_SIZE")
 RUN_TIMEOUT = 600.0
 DERIVED_VERSION = 1
 NUM_SUBJECTS = 120
@@ -177,111 +175,6 @@ def run_child(request: dict[str, Any]) -> None:
     print(json.dumps({"checksum": checksum}), flush=True)
 
 
-# The sampler ----------------------------------------------------------------------------------
-
-
-@dataclass
-class TreePeak:
-    """Peaks over a run, in bytes (the ring is added by the caller)."""
-
-    tree: int = 0  # sum of Pss_Anon + the largest RssFile, at the same sample
-    uss: int = 0  # sum of Private_Clean + Private_Dirty (at anchors)
-    parent: int = 0  # the training process's own peak: Pss_Anon
-    worker: int = 0  # the largest worker's peak: Pss_Anon
-    libraries: int = 0  # the largest RssFile
-    samples: int = 0
-    anchors: int = 0
-
-
-@dataclass
-class _Followed:
-    """A process of the tree: its anonymous RSS is read often, its Pss_Anon now and then."""
-
-    pid: int
-    offset: int = 0  # Pss_Anon - RssAnon at the last anchor (copy-on-write sharing, under fork)
-    rss_file: int = 0
-    private: int = 0
-    anchored: float = -1.0
-
-
-def _anonymous_rss(pid: int) -> int:
-    """RssAnon from ``/proc/<pid>/statm`` (resident minus file and shmem pages): microseconds."""
-    with open(f"/proc/{pid}/statm") as file:
-        _, resident, shared, *_ = file.read().split()
-    return (int(resident) - int(shared)) * PAGE
-
-
-def _anchor(process: _Followed, now: float) -> None:
-    """Read Pss_Anon, private pages and RssFile (milliseconds: it walks the page tables).
-
-    A busy process may allocate or free while the rollup is read; the offset then uses the
-    midpoint of the anonymous RSS before and after, so it is off by at most half of that change,
-    and only until the next anchor.
-    """
-    before = _anonymous_rss(process.pid)
-    rollup: dict[str, int] = {}
-    with open(f"/proc/{process.pid}/smaps_rollup") as file:
-        for line in file:
-            parts = line.split()
-            if len(parts) == 3 and parts[2] == "kB":
-                rollup[parts[0]] = int(parts[1]) * 1024
-    with open(f"/proc/{process.pid}/status") as file:
-        process.rss_file = next(
-            int(line.split()[1]) * 1024 for line in file if line.startswith("RssFile")
-        )
-    after = _anonymous_rss(process.pid)
-    process.offset = rollup["Pss_Anon:"] - (before + after) // 2
-    process.private = rollup["Private_Clean:"] + rollup["Private_Dirty:"]
-    process.anchored = now
-
-
-def sample_tree(root_pid: int, stop: threading.Event, peak: TreePeak) -> None:
-    """Follow the tree of ``root_pid`` until ``stop`` is set or the root ends.
-
-    Every ``SAMPLE_SECONDS`` each process's anonymous RSS is read (cheap), corrected by the offset
-    ``Pss_Anon - RssAnon`` of its last anchor; anchors are re-read every ``ANCHOR_SECONDS``. New
-    allocations are private anonymous pages, so short peaks (a volume converted in a few ms) are
-    seen; the offset moves only as copy-on-write pages split, slowly.
-    """
-    root = psutil.Process(root_pid)
-    followed: dict[int, _Followed] = {}
-    listed = 0.0
-    while not stop.is_set():
-        now = time.monotonic()
-        if now - listed >= TREE_SECONDS:
-            try:
-                pids = [root_pid, *(child.pid for child in root.children(recursive=True))]
-            except psutil.NoSuchProcess:
-                return
-            if any(pid not in followed for pid in pids):
-                for process in followed.values():
-                    process.anchored = -1.0  # a fork shares pages anew: re-read every offset
-            followed = {pid: followed.get(pid, _Followed(pid)) for pid in pids}
-            listed = now
-        anon = files = uss = 0
-        for process in list(followed.values()):
-            try:
-                if now - process.anchored >= ANCHOR_SECONDS:
-                    _anchor(process, now)
-                    peak.anchors += 1
-                process_anon = _anonymous_rss(process.pid) + process.offset
-            except (OSError, StopIteration, KeyError, ValueError):
-                del followed[process.pid]  # it exited since the tree was listed
-                continue
-            anon += process_anon
-            files = max(files, process.rss_file)
-            uss += process.private
-            if process.pid == root_pid:
-                peak.parent = max(peak.parent, process_anon)
-            else:
-                peak.worker = max(peak.worker, process_anon)
-        peak.tree = max(peak.tree, anon + files)
-        peak.uss = max(peak.uss, uss)
-        peak.libraries = max(peak.libraries, files)
-        peak.samples += 1
-        stop.wait(SAMPLE_SECONDS)
-
-
 # The driver -----------------------------------------------------------------------------------
 
 
@@ -289,7 +182,7 @@ def sample_tree(root_pid: int, stop: threading.Event, peak: TreePeak) -> None:
 class Result:
     config: Config
     estimate: dict[str, Any]
-    peak: TreePeak
+    memory: TreeMemoryPeaks
 
     @property
     def ring(self) -> int:
@@ -297,7 +190,7 @@ class Result:
 
     @property
     def measured(self) -> int:
-        return self.peak.tree + self.ring
+        return self.memory.tree + self.ring
 
     @property
     def estimated(self) -> int:
@@ -318,22 +211,17 @@ def measure(config: Config, subjects: list[dict[str, tuple[str, str]]]) -> Resul
         text=True,
         cwd=Path(__file__).resolve().parent.parent,
     )
-    peak = TreePeak()
-    stop = threading.Event()
-    sampler = threading.Thread(target=sample_tree, args=(child.pid, stop, peak), daemon=True)
-    sampler.start()
     try:
-        output, _ = child.communicate(request, timeout=RUN_TIMEOUT)
+        with TreeMemorySampler(child.pid, SAMPLE_SECONDS, ANCHOR_SECONDS) as sampler:
+            output, _ = child.communicate(request, timeout=RUN_TIMEOUT)
     finally:
-        stop.set()
-        sampler.join()
         if child.poll() is None:
             child.kill()
             child.wait()
     if child.returncode != 0:
         raise RuntimeError(f"configuration {config.name!r} failed (exit {child.returncode})")
     estimate = json.loads(output.splitlines()[0])
-    return Result(config, estimate, peak)
+    return Result(config, estimate, sampler.peaks)
 
 
 def _mib(size: float) -> str:
@@ -369,7 +257,7 @@ def tables(results: Sequence[Result]) -> tuple[str, str, bool]:
                 _mib(result.estimated),
                 _mib(result.measured),
                 f"{result.ratio:.2f}",
-                _mib(result.peak.uss + result.ring),
+                _mib(result.memory.uss + result.ring),
             ]
         )
     detail_headers = [
@@ -401,12 +289,12 @@ def tables(results: Sequence[Result]) -> tuple[str, str, bool]:
                 result.config.name,
                 _mib(result.ring),
                 _mib(trainer),
-                _mib(result.peak.parent),
+                _mib(result.memory.root),
                 _mib(estimate["worker"]["total"]) if result.config.num_workers else "-",
-                _mib(result.peak.worker) if result.config.num_workers else "-",
+                _mib(result.memory.descendant) if result.config.num_workers else "-",
                 _mib(coordinator["shared_libraries"]),
-                _mib(result.peak.libraries),
-                str(result.peak.samples),
+                _mib(result.memory.libraries),
+                str(result.memory.samples),
             ]
         )
     met = all(1.0 <= result.ratio <= TARGET for result in results)

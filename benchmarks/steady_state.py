@@ -1,6 +1,6 @@
 """The steady-state benchmark (issue 3): throughput, waits and memory of a queue while training.
 
-The scenario, as the issue states it: 48 subjects (24 generated 182x218x182 int16 ``.nii.gz``
+The workload, as the issue states it: 48 subjects (24 generated 182x218x182 int16 ``.nii.gz``
 files, each listed twice), patches of 64^3, 10 patches per volume, ``max_length=100``, batches of
 16, ``Compose([Flip(axes=(0,), p=0.5), Noise(std=0.1)])``, 2 epochs, once with a no-op training
 step and once with a 0.15 s step per batch (``time.sleep`` stands in for the GPU: it is the
@@ -31,16 +31,16 @@ from pathlib import Path
 import torch
 
 import shmqueue as sq
+from shmqueue.tree_memory import TreeMemoryPeaks, TreeMemorySampler
 
 from .data import DatasetSpec, data_dir, ensure_dataset
 from .isolation import run_isolated
-from .memory import TreeMemory, TreeMemorySampler
 from .report import MIB, Summary, markdown_table, ratio, text_table
 from .single_process import SubjectCost, measure_subject_cost
 
 
 @dataclass(frozen=True)
-class Scenario:
+class Workload:
     """A steady-state workload: the dataset, the queue's settings and the training steps."""
 
     name: str
@@ -80,7 +80,7 @@ class Scenario:
         )
 
 
-FULL = Scenario(
+FULL = Workload(
     name="steady state (issue 3)",
     dataset=DatasetSpec(num_files=24, shape=(182, 218, 182)),
     listings=2,
@@ -95,7 +95,7 @@ FULL = Scenario(
     timeout_seconds=1800.0,
 )
 
-QUICK = Scenario(
+QUICK = Workload(
     name="steady state, quick smoke variant",
     dataset=DatasetSpec(num_files=4, shape=(64, 64, 64)),
     listings=2,
@@ -143,7 +143,7 @@ class RunResult:
     stats_wait_seconds: float  # queue.stats().consumer_wait_seconds
     subject_seconds: float  # median per processed subject, from queue.stats().subject_seconds
     ring_bytes: int  # 0 in-process: no ring is allocated
-    memory: TreeMemory
+    memory: TreeMemoryPeaks
     load_average: float  # of the machine, over the minute before the run
     start_method: str  # how the workers were started: the platform's default
 
@@ -154,7 +154,7 @@ class RunResult:
     @property
     def peak_tree_bytes(self) -> int:
         """Peak USS of the training process and its workers, plus the ring."""
-        return self.memory.peak_uss + self.ring_bytes
+        return self.memory.uss + self.ring_bytes
 
 
 def make_transform() -> sq.Compose:
@@ -162,28 +162,28 @@ def make_transform() -> sq.Compose:
     return sq.Compose([sq.Flip(axes=(0,), p=0.5), sq.Noise(std=0.1)])
 
 
-def measure_run(scenario: Scenario, paths: Sequence[Path], config: RunConfig) -> RunResult:
-    """Train ``scenario.epochs`` epochs on a fresh queue, timing the loop and sampling memory.
+def measure_run(workload: Workload, paths: Sequence[Path], config: RunConfig) -> RunResult:
+    """Train ``workload.epochs`` epochs on a fresh queue, timing the loop and sampling memory.
 
     Meant to run in a fresh interpreter (see :func:`benchmarks.isolation.run_isolated`).
     """
     load_average = os.getloadavg()[0]
     subjects = [
-        sq.Subject(t1=sq.ScalarImage(path)) for _ in range(scenario.listings) for path in paths
+        sq.Subject(t1=sq.ScalarImage(path)) for _ in range(workload.listings) for path in paths
     ]
     queue = sq.Queue(
         subjects,
-        sq.UniformSampler(subjects[0], patch_size=scenario.patch_size),
-        max_length=scenario.max_length,
-        patches_per_volume=scenario.patches_per_volume,
+        sq.UniformSampler(subjects[0], patch_size=workload.patch_size),
+        max_length=workload.max_length,
+        patches_per_volume=workload.patches_per_volume,
         num_workers=config.num_workers,
         transform=make_transform(),
-        seed=scenario.seed,
+        seed=workload.seed,
     )
     with queue:
-        loader = sq.SubjectsLoader(queue, batch_size=scenario.batch_size)
+        loader = sq.SubjectsLoader(queue, batch_size=workload.batch_size)
         with TreeMemorySampler() as sampler:
-            timing = _train(loader, scenario.epochs, config.step_seconds)
+            timing = _train(loader, workload.epochs, config.step_seconds)
         stats = queue.stats()
         subject_seconds = [
             seconds for per_worker in stats.subject_seconds.values() for seconds in per_worker
@@ -195,7 +195,7 @@ def measure_run(scenario: Scenario, paths: Sequence[Path], config: RunConfig) ->
         stats.consumer_wait_seconds,
         statistics.median(subject_seconds),
         ring_bytes,
-        sampler.result,
+        sampler.peaks,
         load_average,
         multiprocessing.get_start_method(),
     )
@@ -230,7 +230,7 @@ def _train(loader: sq.SubjectsLoader, epochs: int, step_seconds: float) -> Timin
 
 
 def ideal_patches_per_second(
-    scenario: Scenario, config: RunConfig, seconds_per_subject: float
+    workload: Workload, config: RunConfig, seconds_per_subject: float
 ) -> float:
     """The best throughput the machine allows, from the single-process cost per subject.
 
@@ -238,18 +238,18 @@ def ideal_patches_per_second(
     capped by the training step (``batch_size / step_seconds``). In-process, loading and training
     take turns: ``1 / (seconds_per_subject / patches_per_volume + step_seconds / batch_size)``.
     """
-    per_patch = seconds_per_subject / scenario.patches_per_volume
-    step_per_patch = config.step_seconds / scenario.batch_size
+    per_patch = seconds_per_subject / workload.patches_per_volume
+    step_per_patch = config.step_seconds / workload.batch_size
     if config.num_workers == 0:
         return 1.0 / (per_patch + step_per_patch)
     producers = config.num_workers / per_patch
     return producers if step_per_patch == 0 else min(producers, 1.0 / step_per_patch)
 
 
-def run_benchmark(scenario: Scenario, repeats: int, output: Path) -> str:
+def run_benchmark(workload: Workload, repeats: int, output: Path) -> str:
     """Run every configuration ``repeats`` times; write markdown and JSON; return the text table."""
-    paths = ensure_dataset(scenario.dataset)
-    calibration_paths = paths[: scenario.calibration_files]
+    paths = ensure_dataset(workload.dataset)
+    calibration_paths = paths[: workload.calibration_files]
     started = datetime.now(timezone.utc)
     costs: list[SubjectCost] = []
     runs: list[RunResult] = []
@@ -258,18 +258,18 @@ def run_benchmark(scenario: Scenario, repeats: int, output: Path) -> str:
         cost = run_isolated(
             measure_subject_cost,
             calibration_paths,
-            scenario.patch_size,
-            scenario.patches_per_volume,
+            workload.patch_size,
+            workload.patches_per_volume,
             make_transform(),
-            scenario.seed,
-            timeout=scenario.timeout_seconds,
+            workload.seed,
+            timeout=workload.timeout_seconds,
         )
         costs.append(cost)
         _progress(f"    {cost.pipeline_seconds:.3f} s per subject")
-        for config in scenario.configurations():
+        for config in workload.configurations():
             _progress(f"[{repeat}/{repeats}] {config.describe()}")
             result = run_isolated(
-                measure_run, scenario, paths, config, timeout=scenario.timeout_seconds
+                measure_run, workload, paths, config, timeout=workload.timeout_seconds
             )
             runs.append(result)
             _progress(
@@ -277,11 +277,11 @@ def run_benchmark(scenario: Scenario, repeats: int, output: Path) -> str:
                 f" {result.timing.first_batch_seconds:.2f} s, waited"
                 f" {result.timing.wait_after_first_seconds:.2f} s after it"
             )
-    report = _Report(scenario, costs, runs, repeats)
+    report = _Report(workload, costs, runs, repeats)
     output.mkdir(parents=True, exist_ok=True)
     (output / "steady_state.md").write_text(report.markdown())
     raw = {
-        "scenario": dataclasses.asdict(scenario),
+        "workload": dataclasses.asdict(workload),
         "environment": _environment(started),
         "data_dir": str(data_dir()),
         "subject_costs": [dataclasses.asdict(cost) for cost in costs],
@@ -303,25 +303,25 @@ class _Report:
 
     def __init__(
         self,
-        scenario: Scenario,
+        workload: Workload,
         costs: Sequence[SubjectCost],
         runs: Sequence[RunResult],
         repeats: int,
     ) -> None:
-        self.scenario = scenario
+        self.workload = workload
         self.costs = costs
         self.repeats = repeats
         self.seconds_per_subject = statistics.median(cost.pipeline_seconds for cost in costs)
         self.runs = {
             config: [run for run in runs if run.config == config]
-            for config in scenario.configurations()
+            for config in workload.configurations()
         }
 
     def _summary(self, config: RunConfig, metric: Callable[[RunResult], float]) -> Summary:
         return Summary.of([metric(run) for run in self.runs[config]])
 
     def _ideal(self, config: RunConfig) -> float:
-        return ideal_patches_per_second(self.scenario, config, self.seconds_per_subject)
+        return ideal_patches_per_second(self.workload, config, self.seconds_per_subject)
 
     def results_table(self) -> tuple[list[str], list[list[str]]]:
         headers = [
@@ -354,7 +354,7 @@ class _Report:
                     self._summary(config, lambda run: run.stats_wait_seconds).format(2),
                     self._summary(config, lambda run: run.subject_seconds).format(3),
                     self._summary(config, lambda run: run.peak_tree_bytes / MIB).format(0),
-                    self._summary(config, lambda run: run.memory.peak_pss / MIB).format(0),
+                    self._summary(config, lambda run: run.memory.pss / MIB).format(0),
                 ]
             )
         return headers, rows
@@ -374,7 +374,7 @@ class _Report:
             lambda run: run.timing.first_batch_seconds,
             lambda run: run.timing.wait_after_first_seconds,
             lambda run: run.peak_tree_bytes,
-            lambda run: run.memory.peak_pss,
+            lambda run: run.memory.pss,
         ]
         rows = []
         for config in self.runs:
@@ -404,7 +404,7 @@ class _Report:
             ("Flip (when applied, p=0.5)", lambda cost: cost.flip_seconds),
             ("Noise (std=0.1)", lambda cost: cost.noise_seconds),
             (
-                f"draw {self.scenario.patches_per_volume} locations + copy patches to slots",
+                f"draw {self.workload.patches_per_volume} locations + copy patches to slots",
                 lambda cost: cost.sample_copy_seconds,
             ),
             ("worker's whole job (pipeline.run + copies)", lambda cost: cost.pipeline_seconds),
@@ -418,14 +418,14 @@ class _Report:
     def _notes(self) -> list[str]:
         cost = self.costs[0]
         return [
-            f"Scenario: {self.scenario.describe()}.",
+            f"Workload: {self.workload.describe()}.",
             f"Median of {self.repeats} repeat(s), (min-max) when repeated. Each run is a fresh"
             " interpreter; configurations are interleaved within a repeat; workers start with"
             f" {self._all_runs()[0].start_method} (the platform's default).",
             f"Files: {cost.compressed_bytes / MIB:.1f} MiB compressed,"
             f" {cost.raw_bytes / MIB:.1f} MiB raw ({cost.raw_bytes / cost.compressed_bytes:.1f}x).",
             "patches/s: over all epochs, from the first batch request to the last batch.",
-            f"ideal: {self.scenario.num_workers} workers x {self.scenario.patches_per_volume}"
+            f"ideal: {self.workload.num_workers} workers x {self.workload.patches_per_volume}"
             f" patches / {self.seconds_per_subject:.3f} s per subject (single process, one"
             " thread), capped by batch/step; in-process: loading and steps in turn.",
             "wait after first: wall time inside next(iterator) after the first batch, epoch"
@@ -437,9 +437,9 @@ class _Report:
             " with the single-process figure above to see contention for the CPU.",
             "peak USS+ring: peak of the summed USS of the training process and its workers,"
             " followed every 20 ms (exact every 0.5 s, anonymous RSS in between: see"
-            " benchmarks/memory.py), plus the ring's bytes. It can count ring pages only a worker"
-            " has touched twice and misses pages shared copy-on-write after fork. peak PSS: the"
-            " summed PSS every 0.5 s, which counts each page of the tree once.",
+            " shmqueue/tree_memory.py), plus the ring's bytes. It can count ring pages only a"
+            " worker has touched twice and misses pages shared copy-on-write after fork. peak PSS:"
+            " the summed PSS, followed the same way, which counts each page of the tree once.",
             "Machine load (1 min average before each run): "
             + ", ".join(f"{run.load_average:.2f}" for run in self._all_runs())
             + f"; memory sampler CPU: {self._sampler_share():.0%} of the runs' wall time.",
@@ -450,14 +450,12 @@ class _Report:
 
     def _sampler_share(self) -> float:
         runs = self._all_runs()
-        return sum(run.memory.sampler_cpu_seconds for run in runs) / sum(
-            run.timing.seconds for run in runs
-        )
+        return sum(run.memory.cpu_seconds for run in runs) / sum(run.timing.seconds for run in runs)
 
     def text(self) -> str:
         return "\n\n".join(
             [
-                self.scenario.name,
+                self.workload.name,
                 text_table(*self.results_table()),
                 "Ratios to the in-process baseline (num_workers=0), medians:",
                 text_table(*self.ratio_table()),
@@ -470,7 +468,7 @@ class _Report:
         return (
             "\n\n".join(
                 [
-                    f"# Benchmark: {self.scenario.name}",
+                    f"# Benchmark: {self.workload.name}",
                     markdown_table(*self.results_table()),
                     "## Ratios to the in-process baseline (num_workers=0), medians",
                     markdown_table(*self.ratio_table()),

@@ -136,39 +136,6 @@ class Timeline:
     epochs: list[int] = field(default_factory=list)
 
 
-class TreeMemory:
-    """Samples the proportional memory (PSS) of this process and its workers in a thread.
-
-    PSS counts each shared page once across processes, so the sum is the tree's real footprint,
-    the shared-memory ring included once.
-    """
-
-    def __init__(self, interval: float = 0.2) -> None:
-        self.interval = interval
-        self.peak = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="shmqueue-demo-memory", daemon=True)
-
-    def __enter__(self) -> TreeMemory:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def _run(self) -> None:
-        me = psutil.Process()
-        while True:
-            total = 0
-            for process in [me, *me.children(recursive=True)]:
-                with contextlib.suppress(psutil.Error):
-                    total += process.memory_full_info().pss
-            self.peak = max(self.peak, total)
-            if self._stop.wait(self.interval):
-                return
-
-
 @dataclass(frozen=True)
 class DemoSettings:
     """The demo's knobs; the defaults finish in well under two minutes on two cores."""
@@ -325,7 +292,7 @@ def run_demo(
     ) as queue:
         print(f"{queue}")
         estimate = queue.estimate_memory(batch_size=settings.batch_size)
-        with TreeMemory() as memory:
+        with TreeMemorySampler() as memory:
             timeline, batches, loss = train(queue, settings)
         stats = queue.stats()
     elapsed = timeline.seconds[-1]

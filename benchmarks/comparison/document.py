@@ -56,7 +56,7 @@ METHOD = (
     " inside `next()` afterwards, epoch ends included. A 0.15 s step is `time.sleep`, standing in"
     " for a GPU step: it leaves the CPU to the loaders.",
     "Memory: summed over the runner process and all its descendants, sampled from outside"
-    " (`benchmarks/memory.py`) every 20 ms: exactly every 0.5 s, and in between as each"
+    " (`shmqueue/tree_memory.py`) every 20 ms: exactly every 0.5 s, and in between as each"
     " process's anonymous RSS plus its offset at the last exact reading. PSS counts each page of"
     " the tree once, shared memory included (subjects sent between processes, shmqueue's ring);"
     " USS leaves out pages two processes share, so shmqueue's ring is added to its USS. Each"

@@ -2,8 +2,8 @@
 
 Each measurement is a fresh ``python -m benchmarks.competitors.run_<library>`` process (so no run
 inherits another's heap, caches or warm imports); this process follows the memory of the runner
-and all its descendants from outside with :class:`~benchmarks.memory.TreeMemorySampler`, the same
-way for every library.
+and all its descendants from outside with :class:`~shmqueue.tree_memory.TreeMemorySampler`, the
+same way for every library.
 """
 
 from __future__ import annotations
@@ -18,8 +18,9 @@ from pathlib import Path
 
 import psutil
 
+from shmqueue.tree_memory import TreeMemoryPeaks, TreeMemorySampler
+
 from ..competitors.runner import Result
-from ..memory import TreeMemory, TreeMemorySampler
 from .scenarios import Setting
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -58,7 +59,7 @@ class Run:
     setting: Setting
     repeat: int
     result: Result
-    memory: TreeMemory
+    memory: TreeMemoryPeaks
 
     @property
     def batch_calls(self) -> list[list[float]]:
@@ -103,12 +104,12 @@ class Run:
     @property
     def peak_pss(self) -> int:
         """Peak PSS of the tree, followed every 20 ms (exact every 0.5 s)."""
-        return self.memory.peak_pss_followed
+        return self.memory.pss
 
     @property
     def peak_uss(self) -> int:
         """Peak USS of the tree plus shared memory reserved up front (shmqueue's ring)."""
-        return self.memory.peak_uss + self.result.reserved_bytes
+        return self.memory.uss + self.result.reserved_bytes
 
 
 def check_venvs(libraries: Sequence[Library], venvs: Path) -> None:
@@ -124,7 +125,7 @@ def check_venvs(libraries: Sequence[Library], venvs: Path) -> None:
 
 def run_once(
     library: Library, setting: Setting, paths: Sequence[Path], venvs: Path
-) -> tuple[Result, TreeMemory]:
+) -> tuple[Result, TreeMemoryPeaks]:
     """Run ``setting`` with ``library`` in a fresh process; its result and its tree's memory.
 
     Raises:
@@ -155,7 +156,7 @@ def run_once(
         raise RunFailed(
             f"{library.label} on {setting.key!r} exited with {child.returncode}:\n{tail}"
         )
-    return Result(**json.loads(output.splitlines()[-1])), sampler.result
+    return Result(**json.loads(output.splitlines()[-1])), sampler.peaks
 
 
 def _kill_tree(child: subprocess.Popen[str]) -> None:
