@@ -41,55 +41,14 @@ def default_cache_dir() -> Path:
     return Path(configured) if configured else Path.home() / ".cache" / "shmqueue" / "demo"
 
 
-def head_phantom(
-    rng: np.random.Generator, shape: tuple[int, int, int] = PHANTOM_SHAPE
-) -> tuple[np.ndarray, np.ndarray]:
-    """A T1-like int16 head (scalp, skull, brain, ventricles, a lesion) and its uint8 labels."""
-    axes = [np.linspace(-1.0, 1.0, n, dtype=np.float32) for n in shape]
-    x, y, z = np.meshgrid(*axes, indexing="ij")
-    scale = rng.uniform(0.85, 1.0, size=3).astype(np.float32)
-    centre = rng.uniform(-0.05, 0.05, size=3).astype(np.float32)
-    radius = np.sqrt(
-        ((x - centre[0]) / (0.8 * scale[0])) ** 2
-        + ((y - centre[1]) / (0.9 * scale[1])) ** 2
-        + ((z - centre[2]) / (0.8 * scale[2])) ** 2
-    )
-    head, skull, brain = radius < 1.0, radius < 0.9, radius < 0.8
-    ventricle_radius = np.sqrt(
-        ((np.abs(x - centre[0]) - 0.12) / 0.08) ** 2
-        + ((y - centre[1]) / 0.3) ** 2
-        + ((z - centre[2] - 0.05) / 0.12) ** 2
-    )
-    ventricles = brain & (ventricle_radius < 1.0)
-    lesion_centre = rng.uniform(-0.35, 0.35, size=3)
-    lesion_size = rng.uniform(0.06, 0.12)
-    lesion = brain & (
-        (x - lesion_centre[0]) ** 2 + (y - lesion_centre[1]) ** 2 + (z - lesion_centre[2]) ** 2
-        < lesion_size**2
-    )
-    folds = np.sin(14 * x + 3 * rng.uniform()) * np.cos(12 * y) * np.sin(10 * z)
-    intensity = np.zeros(shape, dtype=np.float32)
-    intensity[head] = 300
-    intensity[skull] = 80
-    intensity[brain] = (600 + 150 * folds)[brain]
-    intensity[ventricles] = 150
-    intensity[lesion] = 950
-    bias = 1 + 0.15 * x * rng.uniform(-1, 1) + 0.1 * y * rng.uniform(-1, 1)
-    intensity = intensity * bias + rng.normal(0, 20, size=shape).astype(np.float32)
-    labels = np.zeros(shape, dtype=np.uint8)
-    labels[brain] = 1
-    labels[ventricles] = 2
-    labels[lesion] = 3
-    return np.clip(intensity, 0, 32767).astype(np.int16), labels
-
-
 def generate_dataset(
     directory: str | os.PathLike[str], num_subjects: int = 16, seed: int = 0
 ) -> list[Subject]:
     """Write ``num_subjects`` phantoms as .nii.gz into ``directory`` (once) and return Subjects.
 
     Each subject has ``t1`` (ScalarImage, int16 on disk), ``seg`` (LabelMap: 0 background,
-    1 brain, 2 ventricles, 3 lesion) and ``name`` (``"sub-00"``...).
+    1 brain, 2 ventricles, 3 lesion; see :func:`~shmqueue.phantoms.head_phantom`) and ``name``
+    (``"sub-00"``...).
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -307,8 +266,8 @@ def run_demo(
         f" before training (ring {pretty_bytes(estimate.ring)}, {settings.num_workers} workers"
         f" {pretty_bytes(estimate.workers)}, training process"
         f" {pretty_bytes(estimate.total_per_rank - estimate.ring - estimate.workers)});"
-        f" measured peak of the process tree (PSS) {pretty_bytes(memory.peak)}, which also holds"
-        " the model, its gradients and the optimiser, which the estimate does not know."
+        f" measured peak of the process tree (PSS) {pretty_bytes(memory.peaks.pss)}, which also"
+        " holds the model, its gradients and the optimiser, which the estimate does not know."
     )
     montage, timeline_path = output / "patches.png", output / "timeline.png"
     save_montage(batches, montage)

@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from shmqueue.demo import DemoSettings, generate_dataset, head_phantom, run_demo
+from shmqueue.demo import DemoSettings, generate_dataset, run_demo
+from shmqueue.phantoms import head_phantom
 
 
 def test_phantoms_look_like_heads() -> None:
