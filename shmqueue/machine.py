@@ -2,14 +2,16 @@
 
 Read by the memory preflight (:func:`shmqueue.memory.preflight`) and the ``estimate`` command, so
 that a plan that cannot fit fails with an explanation before anything is allocated, rather than
-with a SIGBUS on a full /dev/shm or an out-of-memory kill. Also :func:`return_free_memory`, which
-keeps a process that loads volume after volume from growing.
+with a SIGBUS on a full /dev/shm or an out-of-memory kill. Also what this process holds:
+:func:`peak_rss`, its high-water mark, and :func:`return_free_memory`, which keeps a process that
+loads volume after volume from growing.
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import resource
 import shutil
 import sys
 from dataclasses import dataclass
@@ -161,3 +163,27 @@ def return_free_memory() -> None:
     """
     if _LIBC is not None:
         _LIBC.malloc_trim(0)
+
+
+_STATUS = Path("/proc/self/status")
+
+
+def peak_rss() -> int:
+    """This process's peak resident set size (high-water mark), in bytes.
+
+    On Linux, ``VmHWM`` of ``/proc/self/status``: the process's own peak, which writing ``5`` to
+    ``/proc/self/clear_refs`` resets to the current resident set. (``ru_maxrss`` is no substitute
+    there: for a spawned process it also holds the pre-``exec`` copy of its parent's.) Elsewhere,
+    ``getrusage``'s ``ru_maxrss``.
+
+    Example:
+        >>> from shmqueue.machine import peak_rss
+        >>> peak_rss() > 10 * 2**20
+        True
+    """
+    if _STATUS.is_file():
+        for line in _STATUS.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss is in KiB on Linux
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale

@@ -29,8 +29,8 @@ from nibabel import nifti1
 
 from .errors import SubjectError, WorkerDiedError
 from .image import INFLATE_CHUNK, Image, LabelMap, ScalarImage
-from .machine import return_free_memory
-from .pipeline import SubjectPipeline
+from .machine import peak_rss, return_free_memory
+from .pipeline import ImageSpec, SubjectPipeline
 from .plan import SubjectTask
 from .sampling.base import PatchSampler
 from .sampling.grid import GridSampler
@@ -408,17 +408,6 @@ def peak_subject(
 # Measurement ----------------------------------------------------------------------------------
 
 
-def _resident_and_peak() -> tuple[int, int]:
-    """This process's resident set and its peak since the last reset (VmRSS, VmHWM), in bytes."""
-    values = {}
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith(("VmRSS:", "VmHWM:")):
-                key, amount, _ = line.split()
-                values[key] = int(amount) * 1024
-    return values["VmRSS:"], values["VmHWM:"]
-
-
 def _measure_child(
     pipeline: SubjectPipeline, tasks: Sequence[SubjectTask], results: Connection
 ) -> None:
@@ -429,11 +418,10 @@ def _measure_child(
         return_free_memory()  # free heap inherited under fork would hide the pipeline's growth
         with open("/proc/self/clear_refs", "w") as clear_refs:
             clear_refs.write("5")  # reset the peak resident set (VmHWM) to the current one
-        before, _ = _resident_and_peak()
+        before = peak_rss()  # just reset: the current resident set
         for task in tasks:
             pipeline.run(task)
-        _, peak = _resident_and_peak()
-        results.send(("ok", max(0, peak - before)))
+        results.send(("ok", max(0, peak_rss() - before)))
     except Exception as error:
         results.send(("error", f"{type(error).__name__}: {error}"))
 
