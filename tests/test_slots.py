@@ -28,7 +28,7 @@ FREE, WORKER, READY, CONSUMER = SlotState
 # name -> (call on the table, state the slots must be in, state they move to)
 TRANSITIONS: dict[str, tuple[Callable[[SlotTable, list[int]], None], SlotState, SlotState]] = {
     "fill": (lambda table, slots: table.fill(slots), WORKER, READY),
-    "take": (lambda table, slots: table.take(slots[0]), READY, CONSUMER),
+    "claim": (lambda table, slots: table.claim(slots[0]), READY, CONSUMER),
     "release": (lambda table, slots: table.release(slots), CONSUMER, FREE),
     "abandon": (lambda table, slots: table.abandon(slots), WORKER, FREE),
     "discard": (lambda table, slots: table.discard(slots), READY, FREE),
@@ -36,7 +36,7 @@ TRANSITIONS: dict[str, tuple[Callable[[SlotTable, list[int]], None], SlotState, 
 
 
 class SlotTableMachine(RuleBasedStateMachine):
-    """Random sequences of reserve/fill/take/release/abandon/discard on one table."""
+    """Random sequences of reserve/fill/claim/release/abandon/discard on one table."""
 
     table: SlotTable
     model: dict[int, SlotState]
@@ -70,7 +70,7 @@ class SlotTableMachine(RuleBasedStateMachine):
         eligible = self._in_state(expected)
         any_slot = st.integers(min_value=0, max_value=capacity - 1)
         slot = st.sampled_from(eligible) | any_slot if eligible else any_slot
-        size = 1 if name == "take" else data.draw(st.integers(1, 3), label="size")
+        size = 1 if name == "claim" else data.draw(st.integers(1, 3), label="size")
         slots = data.draw(st.lists(slot, min_size=size, max_size=size), label="slots")
         legal = len(set(slots)) == len(slots) and all(self.model[s] is expected for s in slots)
         if not legal:
@@ -112,7 +112,7 @@ def _walk(table: SlotTable, slots: Iterable[int]) -> None:
     slots = list(slots)
     table.fill(slots)
     for slot in slots:
-        table.take(slot)
+        table.claim(slot)
     table.release(slots)
 
 

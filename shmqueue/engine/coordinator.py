@@ -194,7 +194,7 @@ class Coordinator:
                 self._wait_for_progress(run)
                 continue
             slot = run.ready.pop(key)
-            self._slots.take(slot)
+            self._slots.claim(slot)
             run.yielded += 1
             try:
                 consume(TakenPatch(slot, run.plan.tasks[key[0]], key[1], run.states[key[0]]))

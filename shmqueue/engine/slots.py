@@ -2,7 +2,7 @@
 
 Every slot is owned by exactly one party::
 
-    FREE --reserve--> WORKER --fill--> READY --take--> CONSUMER --release--> FREE
+    FREE --reserve--> WORKER --fill--> READY --claim--> CONSUMER --release--> FREE
                         |                 |
                         +--abandon--------+--discard--> FREE   (stale epoch, failed task)
 
@@ -60,8 +60,8 @@ class SlotTable:
         """The worker has written these slots."""
         self._move_all(slots, SlotState.WORKER, SlotState.READY)
 
-    def take(self, slot: int) -> None:
-        """The consumer reads this slot."""
+    def claim(self, slot: int) -> None:
+        """The consumer claims this slot to read it, until it releases it."""
         self._move_all((slot,), SlotState.READY, SlotState.CONSUMER)
 
     def release(self, slots: Iterable[int]) -> None:

@@ -19,7 +19,7 @@ _MAPS = Path("/proc/self/maps")
 
 
 @dataclass(frozen=True)
-class Mapping:
+class MemoryMapping:
     """One mapping of the process's address space: ``[start, stop)`` and what is mapped."""
 
     start: int
@@ -34,7 +34,7 @@ class Mapping:
         return start < self.stop and self.start < stop
 
 
-def mapping_at(address: int) -> Mapping | None:
+def mapping_at(address: int) -> MemoryMapping | None:
     """The mapping containing ``address``, from ``/proc/self/maps`` (None where unavailable)."""
     if not _MAPS.exists():
         return None
@@ -42,7 +42,7 @@ def mapping_at(address: int) -> Mapping | None:
         fields = line.split(maxsplit=5)
         low, high = (int(bound, 16) for bound in fields[0].split("-"))
         if low <= address < high:
-            return Mapping(low, high, fields[5] if len(fields) > 5 else "")
+            return MemoryMapping(low, high, fields[5] if len(fields) > 5 else "")
     return None
 
 
@@ -58,7 +58,7 @@ class RingWatch:
     def __init__(self, queue: Queue, report: QueueReport) -> None:
         self.queue = queue
         self.report = report
-        self.mapping: Mapping | None = None
+        self.mapping: MemoryMapping | None = None
         if queue.num_workers > 0 and not _MAPS.exists():
             report.notes.append(
                 "the ring's mapping is not observable without /proc/self/maps: its size and"
