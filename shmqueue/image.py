@@ -9,8 +9,10 @@ torch tensor shaped ``(C, X, Y, Z)``: float32 for :class:`ScalarImage`, an integ
 
 from __future__ import annotations
 
+import errno
 import math
 import os
+import resource
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, ClassVar
@@ -52,11 +54,63 @@ _FLOAT_LABEL_DTYPE = torch.int32
 
 @dataclass(frozen=True)
 class ImageHeader:
-    """What the header says: channels-first shape, dtype as read (float32 if scaled), affine."""
+    """What the header says: channels-first shape, dtype as read (float32 if scaled), affine, and
+    the ``(slope, intercept)`` that scales the stored voxels (``(1.0, 0.0)``: unscaled)."""
 
     shape: tuple[int, int, int, int]
     stored_dtype: np.dtype[Any]
     affine: np.ndarray
+    scaling: tuple[float, float] = (1.0, 0.0)
+
+    def changes_to(self, now: ImageHeader) -> list[str]:
+        """What differs in ``now``, e.g. ``["shape (40, 36, 32) -> (32, 36, 40)"]``; empty if
+        nothing does."""
+        changes = []
+        if now.shape != self.shape:
+            changes.append(f"shape {_describe_shape(self.shape)} -> {_describe_shape(now.shape)}")
+        if now.stored_dtype != self.stored_dtype:
+            changes.append(f"dtype {self.stored_dtype} -> {now.stored_dtype}")
+        if not np.array_equal(now.affine, self.affine):
+            changes.append(
+                f"affine {_describe_affine(self.affine)} -> {_describe_affine(now.affine)}"
+            )
+        if now.scaling != self.scaling:
+            changes.append(f"(slope, intercept) {self.scaling} -> {now.scaling}")
+        return changes
+
+
+def _describe_shape(shape: tuple[int, int, int, int]) -> str:
+    channels, x, y, z = shape
+    return f"{(x, y, z)}" if channels == 1 else f"{(x, y, z)} with {channels} channels"
+
+
+def _describe_affine(affine: np.ndarray) -> str:
+    """The top three rows, one line: ``[1 0 0 -10; 0 1.2 0 4.5; 0 0 1.5 30]``."""
+    return "[" + "; ".join(" ".join(f"{value:.7g}" for value in row) for row in affine[:3]) + "]"
+
+
+def _file_header(proxy: Any, path: Path) -> ImageHeader:
+    """The header of the file nibabel opened as ``proxy`` (already read: no I/O here)."""
+    shape = _channels_first_shape(tuple(proxy.shape), f"Image file '{path}'")
+    scaling = (
+        float(getattr(proxy.dataobj, "slope", 1.0)),
+        float(getattr(proxy.dataobj, "inter", 0.0)),
+    )
+    # Scaled voxels load as float32, whatever the file stores (see Image.load()).
+    stored = np.dtype(np.float32) if scaling != (1.0, 0.0) else np.dtype(proxy.get_data_dtype())
+    affine = np.asarray(proxy.affine, np.float64)
+    return ImageHeader(shape, stored.newbyteorder("="), affine, scaling)
+
+
+def _is_out_of_memory(error: BaseException) -> bool:
+    """Whether ``error`` is an allocation that failed: Python's or numpy's MemoryError, ENOMEM
+    from mmap (the volume pool, nibabel's memory-mapped ``.nii``), or torch's CPU allocator,
+    which raises a plain RuntimeError."""
+    if isinstance(error, MemoryError):
+        return True
+    if isinstance(error, OSError):
+        return error.errno == errno.ENOMEM
+    return isinstance(error, RuntimeError) and "can't allocate memory" in str(error)
 
 
 def _channels_first_shape(raw_shape: tuple[int, ...], source: str) -> tuple[int, int, int, int]:
@@ -172,6 +226,7 @@ class Image:
 
     Raises:
         ImageFileNotFoundError: the path does not exist.
+        ImageFileError: the path is a directory (a DICOM series is not read yet).
         InvalidImageError: the data has the wrong number of dimensions.
 
     Example:
@@ -222,16 +277,7 @@ class Image:
         """Shape, stored dtype and affine, read from the file's header without reading voxels."""
         if self._header is None:
             assert self.path is not None
-            proxy = self._open()
-            shape = _channels_first_shape(tuple(proxy.shape), f"Image file '{self.path}'")
-            scaled = (
-                getattr(proxy.dataobj, "slope", 1) != 1 or getattr(proxy.dataobj, "inter", 0) != 0
-            )
-            # Scaled voxels load as float32, whatever the file stores (see load()).
-            stored = np.dtype(np.float32) if scaled else np.dtype(proxy.get_data_dtype())
-            self._header = ImageHeader(
-                shape, stored.newbyteorder("="), np.asarray(proxy.affine, np.float64)
-            )
+            self._header = _file_header(self._open(), self.path)
         return self._header
 
     @property
@@ -287,25 +333,58 @@ class Image:
     def load(self) -> None:
         """Read the voxels (no-op when loaded). Never goes through float64.
 
-        The stored voxels are copied once, reordered channels-first and converted to the loaded
-        dtype in the same pass; scaled voxels are then scaled in place.
+        The header that comes with the voxels must match :attr:`header`, which the queue read
+        when it was built and laid its ring out from: voxels read with a stale header would be
+        scrambled. The stored voxels are copied once, reordered channels-first and converted to
+        the loaded dtype in the same pass; scaled voxels are then scaled in place.
+
+        Raises:
+            ImageChangedError: the file's shape, dtype, affine or scaling changed since its
+                header was read.
+            ImageFileNotFoundError: the file was deleted or moved since.
+            ImageMemoryError: memory ran out while inflating or converting the voxels.
+            ImageFileError: the file is truncated or corrupt.
         """
         if self._data is not None:
             return
         assert self.path is not None
-        shape = self.header.shape
+        proxy = self._open()  # reads the header: compared below at no extra cost
+        now = _file_header(proxy, self.path)
+        if self._header is None:
+            self._header = now
+        elif changes := self._header.changes_to(now):
+            raise ImageChangedError(
+                f"Image file '{self.path}' changed since the queue was built (when its header"
+                f" was read): {'; '.join(changes)}. Its voxels no longer fit the layout taken"
+                " from that header. Rebuild the subjects and the queue after editing image files,"
+                " or leave the files unchanged while a queue reads them."
+            )
         try:
-            proxy = self._open()
-            array = _read_unscaled(proxy, self.path)
-            slope, inter = proxy.dataobj.slope, proxy.dataobj.inter
+            self._data = self._read_voxels(proxy, now)
         except Exception as error:
+            if not _is_out_of_memory(error):
+                raise
+            raise self._out_of_memory(proxy, now) from error
+
+    def _read_voxels(self, proxy: Any, header: ImageHeader) -> torch.Tensor:
+        """The voxels of the file opened as ``proxy``, as :meth:`load` describes."""
+        assert self.path is not None
+        try:
+            array = _read_unscaled(proxy, self.path)
+        except FileNotFoundError as error:
+            raise self._missing() from error
+        except Exception as error:
+            if _is_out_of_memory(error):
+                raise
             raise ImageFileError(
                 f"Cannot read the voxels of '{self.path}': {type(error).__name__}: {error}. The"
                 " file is probably truncated or corrupt; re-export or re-copy it."
             ) from error
+        shape = header.shape
         array = array.reshape((*shape[1:], shape[0]))  # (X, Y, Z, C) from any accepted layout
         stored = array.dtype.newbyteorder("=")
-        scaled = slope != 1 or inter != 0
+        slope, inter = header.scaling
+        scaled = header.scaling != (1.0, 0.0)
         target = torch.float32 if scaled else self._loaded_dtype(stored)
         if stored.kind == "f" and not target.is_floating_point:
             # A float label map: kept as stored until _convert_dtype checks it holds integers.
@@ -313,8 +392,39 @@ class Image:
         tensor = empty_volume(shape, target)
         np.copyto(tensor.numpy(), np.moveaxis(array, -1, 0), casting="unsafe")
         if scaled:
-            tensor.mul_(float(slope)).add_(float(inter))
-        self._data = self._convert_dtype(tensor, f"image file '{self.path}'")
+            tensor.mul_(slope).add_(inter)
+        return self._convert_dtype(tensor, f"image file '{self.path}'")
+
+    def _out_of_memory(self, proxy: Any, header: ImageHeader) -> ImageMemoryError:
+        """The error for memory running out while loading, with what was needed and what is left."""
+        stored = math.prod(proxy.shape) * np.dtype(proxy.get_data_dtype()).itemsize
+        loaded_dtype = self._loaded_dtype(header.stored_dtype)
+        loaded = math.prod(header.shape) * loaded_dtype.itemsize
+        address_space, _ = resource.getrlimit(resource.RLIMIT_AS)
+        limit = (
+            "no address-space limit (ulimit -v) is set"
+            if address_space == resource.RLIM_INFINITY
+            else f"the address-space limit (ulimit -v) is {pretty_bytes(address_space)}"
+        )
+        return ImageMemoryError(
+            f"Out of memory while loading '{self.path}': it needs {pretty_bytes(stored + loaded)}"
+            f" ({pretty_bytes(stored)} for the stored voxels as read or inflated,"
+            f" {pretty_bytes(loaded)} for the {str(loaded_dtype).removeprefix('torch.')} volume)."
+            f" Memory now: {memory_capacity().description}; {limit}. Lower num_workers (each"
+            " worker loads a subject at a time), or raise `ulimit -v` or the job's memory limit."
+        )
+
+    def _missing(self) -> ImageFileNotFoundError:
+        """The error for a file that existed when this image was made and is gone now."""
+        since = (
+            "since the queue was built (when its header was read)"
+            if self._header is not None
+            else f"since the {type(self).__name__} was created"
+        )
+        return ImageFileNotFoundError(
+            f"Image file '{self.path}' no longer exists: it was deleted or moved {since}. Restore"
+            " it, or rebuild the subjects and the queue without it."
+        )
 
     def unload(self) -> None:
         """Drop the voxels of a file-backed image (in-memory images keep theirs)."""
@@ -376,6 +486,8 @@ class Image:
         assert self.path is not None
         try:
             return nib.load(self.path)
+        except FileNotFoundError as error:
+            raise self._missing() from error
         except Exception as error:
             raise ImageFileError(
                 f"Cannot read the header of '{self.path}': {type(error).__name__}: {error}. Use"

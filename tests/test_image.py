@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import gzip
 import pickle
+import resource
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,7 +19,15 @@ from hypothesis import strategies as st
 from nibabel.arrayproxy import ArrayProxy
 from nibabel.dataobj_images import DataobjImage
 
-from shmqueue.errors import ImageFileError, ImageFileNotFoundError, InvalidImageError
+from shmqueue import image as image_module
+from shmqueue import volumes
+from shmqueue.errors import (
+    ImageChangedError,
+    ImageFileError,
+    ImageFileNotFoundError,
+    ImageMemoryError,
+    InvalidImageError,
+)
 from shmqueue.image import Image, LabelMap, ScalarImage, shift_affine
 
 MakeNifti = Callable[..., Path]
@@ -207,6 +217,45 @@ def test_missing_file_raises_at_construction(tmp_path: Path) -> None:
         ScalarImage(tmp_path / "missing.nii.gz")
 
 
+def test_directory_is_not_an_image_file(tmp_path: Path) -> None:
+    series = tmp_path / "dicom_series"
+    series.mkdir()
+    with pytest.raises(ImageFileError) as caught:
+        ScalarImage(series)
+    assert not isinstance(caught.value, FileNotFoundError)
+    assert str(caught.value) == (
+        f"'{series}' is a directory, not an image file: a ScalarImage needs the path of one NIfTI"
+        " file (.nii or .nii.gz). DICOM series directories are not supported yet; convert the"
+        " series to NIfTI first (e.g. with dcm2niix)."
+    )
+
+
+@pytest.mark.parametrize(
+    ("header_read", "since"),
+    [
+        (True, "since the queue was built (when its header was read)"),
+        (False, "since the LabelMap was created"),
+    ],
+    ids=["after-header", "before-header"],
+)
+def test_file_deleted_after_construction_is_not_found_not_corrupt(
+    make_nifti: MakeNifti, header_read: bool, since: str
+) -> None:
+    path = make_nifti("seg.nii.gz", volume(dtype=np.uint8))
+    label = LabelMap(path)
+    if header_read:
+        assert label.shape == (1, 6, 5, 4)
+    path.unlink()
+    with pytest.raises(ImageFileNotFoundError) as caught:
+        label.load()
+    assert str(caught.value) == (
+        f"Image file '{path}' no longer exists: it was deleted or moved {since}. Restore it, or"
+        " rebuild the subjects and the queue without it."
+    )
+    assert isinstance(caught.value, FileNotFoundError)
+    assert not label.is_loaded
+
+
 def test_affine_comes_from_the_header_only(make_nifti: MakeNifti) -> None:
     with pytest.raises(TypeError, match="header"):
         ScalarImage(make_nifti("t1.nii", volume()), affine=np.eye(4))
@@ -256,6 +305,163 @@ def test_corrupt_compressed_data_fails_at_load(make_nifti: MakeNifti) -> None:
     image = ScalarImage(corrupt)
     with pytest.raises(ImageFileError, match=r"corrupt\.nii\.gz.*truncated or corrupt"):
         image.load()
+
+
+# A file changed since its header was read -----------------------------------------------------
+
+
+def rewrite(path: Path, array: np.ndarray, affine: np.ndarray) -> None:
+    nib.save(nib.Nifti1Image(array, affine), path)
+
+
+@pytest.mark.parametrize(
+    ("new_array", "new_affine", "change"),
+    [
+        (volume().T, np.eye(4), "shape (6, 5, 4) -> (4, 5, 6)"),
+        (volume(dtype=np.float32), np.eye(4), "dtype int16 -> float32"),
+        (
+            volume(),
+            AFFINE,
+            "affine [1 0 0 0; 0 1 0 0; 0 0 1 0] -> [0 -1.25 0 -10; 0.5 0 0 4.5; 0 0 2 30]",
+        ),
+    ],
+    ids=["axes-reordered", "dtype", "affine"],
+)
+def test_file_changed_between_loads_is_refused(
+    make_nifti: MakeNifti, new_array: np.ndarray, new_affine: np.ndarray, change: str
+) -> None:
+    """Voxels read with the header cached at first are scrambled: say so, never load them."""
+    path = make_nifti("t1.nii.gz", volume())
+    image = ScalarImage(path)
+    image.load()
+    image.unload()
+    rewrite(path, new_array, new_affine)
+    with pytest.raises(ImageChangedError) as caught:
+        image.load()
+    assert str(caught.value) == (
+        f"Image file '{path}' changed since the queue was built (when its header was read):"
+        f" {change}. Its voxels no longer fit the layout taken from that header. Rebuild the"
+        " subjects and the queue after editing image files, or leave the files unchanged while"
+        " a queue reads them."
+    )
+    assert isinstance(caught.value, ImageFileError)
+    assert not image.is_loaded
+    assert image.shape == (1, 6, 5, 4)  # the cached header is kept
+
+
+def test_file_rescaled_between_loads_names_every_change(tmp_path: Path) -> None:
+    path = tmp_path / "t1.nii"
+    rewrite(path, volume(), np.eye(4))
+    image = ScalarImage(path)
+    assert image.shape == (1, 6, 5, 4)
+    save_scaled(path, volume(), 2.0, 1.0)
+    with pytest.raises(
+        ImageChangedError,
+        match=r"t1\.nii' changed since the queue was built \(when its header was read\):"
+        r" dtype int16 -> float32; \(slope, intercept\) \(1\.0, 0\.0\) -> \(2\.0, 1\.0\)\.",
+    ):
+        image.load()
+
+
+def test_unchanged_header_with_new_voxels_loads_them(make_nifti: MakeNifti) -> None:
+    """A re-export with the same shape, dtype, affine and scaling is a legitimate edit."""
+    path = make_nifti("t1.nii.gz", volume(), AFFINE)
+    image = ScalarImage(path)
+    image.load()
+    image.unload()
+    rewrite(path, volume()[::-1].copy(), AFFINE)
+    image.load()
+    assert torch.equal(image.data[0], torch.from_numpy(volume()[::-1].astype(np.float32)))
+
+
+def test_load_reads_the_header_once(make_nifti: MakeNifti, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The header that comes with the voxels is both the check and, if none is cached, the cache."""
+    opened: list[Path] = []
+    original_load = nib.load
+
+    def counting_load(path: Path) -> Any:
+        opened.append(path)
+        return original_load(path)
+
+    monkeypatch.setattr(nib, "load", counting_load)
+    image = ScalarImage(make_nifti("t1.nii.gz", volume()))
+    image.load()
+    assert image.shape == (1, 6, 5, 4)
+    image.unload()
+    image.load()
+    assert opened == [image.path, image.path]
+
+
+# Out of memory while loading ----------------------------------------------------------------------
+
+LIMIT_8_GIB = (8 * 2**30, resource.RLIM_INFINITY)
+
+
+def fail_to_allocate(error: BaseException) -> Callable[..., Any]:
+    def allocate(*_: Any, **__: Any) -> Any:
+        raise error
+
+    return allocate
+
+
+def inject_memory_error(monkeypatch: pytest.MonkeyPatch) -> BaseException:
+    """Python's MemoryError from the allocation of the volume to inflate into."""
+    error = MemoryError()
+    monkeypatch.setattr(image_module, "empty_volume", fail_to_allocate(error))
+    return error
+
+
+def inject_pool_enomem(monkeypatch: pytest.MonkeyPatch) -> BaseException:
+    """A worker's volume pool whose mmap fails as it does beyond ``ulimit -v``."""
+    error = OSError(errno.ENOMEM, "Cannot allocate memory")
+    monkeypatch.setattr(volumes, "_POOL", volumes.VolumePool())
+    monkeypatch.setattr(volumes, "_private_map", fail_to_allocate(error))
+    return error
+
+
+@pytest.mark.parametrize("inject", [inject_memory_error, inject_pool_enomem])
+def test_out_of_memory_while_inflating_gives_the_figures(
+    make_nifti: MakeNifti,
+    monkeypatch: pytest.MonkeyPatch,
+    inject: Callable[[pytest.MonkeyPatch], BaseException],
+) -> None:
+    path = make_nifti("t1.nii.gz", np.zeros((128, 128, 64), np.int16))  # 2 MiB: pooled
+    image = ScalarImage(path)
+    assert image.shape == (1, 128, 128, 64)
+    monkeypatch.setattr(resource, "getrlimit", lambda _: LIMIT_8_GIB)
+    injected = inject(monkeypatch)
+    with pytest.raises(ImageMemoryError) as caught:
+        image.load()
+    message = str(caught.value)
+    assert message.startswith(
+        f"Out of memory while loading '{path}': it needs 6.0 MiB (2.0 MiB for the stored voxels as"
+        " read or inflated, 4.0 MiB for the float32 volume). Memory now: "
+    )
+    assert "GiB RAM available; the address-space limit (ulimit -v) is 8.0 GiB." in message
+    assert message.endswith(
+        "Lower num_workers (each worker loads a subject at a time), or raise `ulimit -v` or the"
+        " job's memory limit."
+    )
+    assert "corrupt" not in message
+    assert isinstance(caught.value, MemoryError)
+    assert caught.value.__cause__ is injected
+    assert not image.is_loaded
+
+
+def test_allocation_beyond_the_address_space_is_a_memory_error(tmp_path: Path) -> None:
+    """A real failure, from torch's allocator: a NIfTI-2 header describing 2 PiB of int16."""
+    header = nib.Nifti2Header()
+    header.set_data_dtype(np.int16)
+    header.set_data_shape((2**17, 2**17, 2**16))
+    path = tmp_path / "huge.nii.gz"
+    path.write_bytes(gzip.compress(header.binaryblock + bytes(4)))  # the header, no voxels
+    image = ScalarImage(path)
+    with pytest.raises(ImageMemoryError) as caught:
+        image.load()
+    message = str(caught.value)
+    assert f"Out of memory while loading '{path}': it needs 6291456.0 GiB" in message
+    assert "ulimit -v" in message and "corrupt" not in message
+    assert isinstance(caught.value.__cause__, RuntimeError)
 
 
 def test_pickled_file_image_stays_lazy(make_nifti: MakeNifti) -> None:
