@@ -29,6 +29,7 @@ from .errors import (
     SubjectProcessingError,
     TransformOutputError,
     WorkerDiedError,
+    WorkerStartError,
     WorkerTimeoutError,
 )
 from .image import Image, LabelMap, ScalarImage
@@ -102,6 +103,7 @@ __all__ = [
     "UniformSampler",
     "WeightedSampler",
     "WorkerDiedError",
+    "WorkerStartError",
     "WorkerTimeoutError",
     "ZNormalization",
     "__version__",

@@ -78,6 +78,11 @@ class WorkerDiedError(ShmqueueError):
     """A worker process exited without being asked to, e.g. killed by a signal."""
 
 
+class WorkerStartError(ShmqueueError, RuntimeError):
+    """A worker could not start: it failed to map the ring or to unpickle the subjects,
+    transform and sampler (under spawn or forkserver). The worker's traceback is the cause."""
+
+
 class WorkerTimeoutError(ShmqueueError, TimeoutError):
     """No worker reported within the queue's ``timeout`` while the consumer waited for patches."""
 

@@ -20,6 +20,8 @@ class QueueStats:
         first_patch_seconds: wait before the first patch of the latest epoch.
         subject_seconds: per worker (or ``[0]`` for in-process), seconds per processed subject.
         worker_peak_rss: per worker, the peak resident memory reported, in bytes.
+        worker_descriptors: per worker, its open descriptors by kind (``"pipe"``, ``"memfd"``,
+            ``"pidfd"``, ``"file"``, ...) once it had started.
     """
 
     max_length: int
@@ -31,6 +33,7 @@ class QueueStats:
     first_patch_seconds: float = 0.0
     subject_seconds: dict[int, list[float]] = field(default_factory=dict)
     worker_peak_rss: dict[int, int] = field(default_factory=dict)
+    worker_descriptors: dict[int, dict[str, int]] = field(default_factory=dict)
 
     @property
     def fill(self) -> float:

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
+from multiprocessing import forkserver, resource_tracker
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
@@ -21,6 +23,7 @@ import torch
 from hypothesis import settings
 
 import shmqueue as sq
+from shmqueue.engine.coordinator import Coordinator
 
 settings.register_profile("ci", max_examples=15, deadline=None)
 settings.register_profile("thorough", max_examples=250, deadline=None)
@@ -70,28 +73,73 @@ def _descriptors() -> dict[int, str]:
     return found
 
 
+def _infrastructure_descriptors() -> set[int]:
+    """multiprocessing's helpers' pipes, which live as long as the interpreter once started."""
+    fds = {
+        getattr(forkserver._forkserver, "_forkserver_alive_fd", None),
+        getattr(resource_tracker._resource_tracker, "_fd", None),
+    }
+    return {fd for fd in fds if fd is not None}
+
+
+class _EngineCensus:
+    """Every engine started during a test, to compare its workers' descriptors afterwards."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.stats: list[sq.QueueStats] = []
+        original = Coordinator.__init__
+
+        def record(coordinator: Coordinator, *args: Any, **kwargs: Any) -> None:
+            original(coordinator, *args, **kwargs)
+            self.stats.append(coordinator.stats)
+
+        monkeypatch.setattr(Coordinator, "__init__", record)
+
+    def unequal(self) -> list[dict[int, dict[str, int]]]:
+        """Engines whose workers hold different descriptors (a sibling's pipe end, say)."""
+        return [
+            stats.worker_descriptors
+            for stats in self.stats
+            if len({tuple(sorted(census.items())) for census in stats.worker_descriptors.values()})
+            > 1
+        ]
+
+
+SHUTDOWN_BOUND = 10.0  # seconds for a test's leftover workers to go once the test is over
+
+
 @pytest.fixture(autouse=True)
-def no_leaks() -> Iterator[None]:
-    """Fail the test if it leaves a child process, a /dev/shm entry or a memfd/pipe open."""
+def no_leaks(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Fail the test if it leaves a child process, a /dev/shm entry or a memfd or pipe open, or
+    if the workers of any queue it made held different descriptors (counted as each started)."""
     children_before = set(_children())
     segments_before = _segments()
     fds_before = _descriptors()
+    census = _EngineCensus(monkeypatch)
     yield
     new_children = [p for pid, p in _children().items() if pid not in children_before]
-    _, alive = psutil.wait_procs(new_children, timeout=10)
+    _, alive = psutil.wait_procs(new_children, timeout=SHUTDOWN_BOUND)
     for process in alive:
         process.kill()
     leaked_segments = _segments() - segments_before
     for name in leaked_segments:
         (_SHM / name).unlink(missing_ok=True)
+    infrastructure = _infrastructure_descriptors()
     leaked_fds = {
         fd: target
         for fd, target in _descriptors().items()
-        if fd not in fds_before and ("memfd:" in target or "/dev/shm" in target)
+        if fd not in infrastructure
+        and fds_before.get(fd) != target
+        and ("memfd:" in target or "/dev/shm" in target or target.startswith("pipe:"))
     }
     assert not alive, f"test left processes running: {[p.pid for p in alive]}"
     assert not leaked_segments, f"test left /dev/shm segments: {sorted(leaked_segments)}"
-    assert not leaked_fds, f"test left descriptors open: {leaked_fds}"
+    assert not leaked_fds, (
+        f"test left descriptors open: {leaked_fds} (infrastructure {infrastructure})"
+    )
+    assert not census.unequal(), (
+        f"workers of one queue held different descriptors: {census.unequal()}"
+    )
 
 
 @pytest.fixture

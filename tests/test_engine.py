@@ -25,7 +25,7 @@ import torch
 
 import shmqueue as sq
 from shmqueue.engine.coordinator import Coordinator
-from shmqueue.engine.ring import MemfdSegment
+from shmqueue.engine.ring import Segment
 from shmqueue.engine.slots import SlotState
 
 START_METHODS = ("fork", "spawn", "forkserver")
@@ -207,7 +207,7 @@ def test_the_buffer_never_holds_more_than_max_length(nifti_subjects: list[sq.Sub
                 assert stats.ready + stats.in_workers <= MAX_LENGTH
                 assert 0.0 <= stats.fill <= 1.0
                 segment = coordinator._resources.segment
-                assert isinstance(segment, MemfdSegment)
+                assert isinstance(segment, Segment)
                 segments.add(id(segment))
                 samples += 1
         layout = queue.layout
@@ -215,9 +215,8 @@ def test_the_buffer_never_holds_more_than_max_length(nifti_subjects: list[sq.Sub
         assert len(segments) == 1, "the ring is allocated once and reused"
         assert layout.max_length == MAX_LENGTH
         assert queue.max_memory == layout.patch_bytes == MAX_LENGTH * layout.slot_bytes
-        assert os.fstat(segment.fd).st_size == layout.ring_bytes
         assert len(segment.buffer) == layout.ring_bytes
-        assert os.fstat(segment.fd).st_blocks * 512 >= layout.ring_bytes  # reserved up front
+        assert segment.fd == -1, "once the workers mapped the ring, its descriptor is closed"
 
 
 def _ring_span(queue: sq.Queue) -> range:
@@ -307,6 +306,55 @@ def test_workers_stay_alive_across_epochs(nifti_subjects: list[sq.Subject]) -> N
             assert psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     for pid in pids[0]:
         assert pid is not None and not psutil.pid_exists(pid)
+
+
+def _open_pipes() -> int:
+    """Pipes this process has open (a fork-started worker inherits them)."""
+    found = 0
+    for entry in Path("/proc/self/fd").iterdir():
+        try:
+            found += os.readlink(entry).startswith("pipe:")
+        except OSError:
+            continue  # the directory listing's own descriptor
+    return found
+
+
+def test_workers_hold_the_same_descriptors_whatever_the_start_method_and_queue_count(
+    tensor_subjects: list[sq.Subject],
+) -> None:
+    """A worker holds its own pipes, one mapping of its ring and the training process's pidfd:
+    not its siblings' pipe ends, nor earlier queues' rings or lifelines (which forks inherit)."""
+    inherited_pipes = _open_pipes()  # what a fork-started worker inherits from this process
+    censuses: dict[str, list[dict[str, int]]] = {}
+    for method in ("fork", "spawn", "forkserver"):
+        queues = []
+        try:
+            for _ in range(3):  # all alive together: each later queue forks beside the earlier
+                queue = sq.Queue(
+                    tensor_subjects,
+                    sq.UniformSampler(None, 8),
+                    max_length=8,
+                    patches_per_volume=4,
+                    num_workers=2,
+                    multiprocessing_context=method,
+                )
+                queues.append(queue)
+                next(iter(queue))
+            censuses[method] = [
+                census for queue in queues for census in queue.stats().worker_descriptors.values()
+            ]
+        finally:
+            for queue in queues:
+                queue.close()
+    for method, found in censuses.items():
+        assert len(found) == 6
+        assert all(census == found[0] for census in found), (method, found)
+        assert found[0]["memfd"] == 1, "one ring, held by its mapping only"
+        assert found[0].get("pidfd", 0) == 1, "the training process, watched"
+    engine_kinds = ("pipe", "memfd", "pidfd")  # files (/dev/null, logs) depend on the method
+    spawned, served = censuses["spawn"][0], censuses["forkserver"][0]
+    assert [spawned[kind] for kind in engine_kinds] == [served[kind] for kind in engine_kinds]
+    assert censuses["fork"][0]["pipe"] <= censuses["spawn"][0]["pipe"] + inherited_pipes
 
 
 def test_stats_are_sensible(nifti_subjects: list[sq.Subject]) -> None:

@@ -25,6 +25,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from shmqueue.engine.backends import resolve_backend
 from shmqueue.engine.layout import (
     ALIGNMENT,
     METADATA_FIELDS,
@@ -32,14 +33,9 @@ from shmqueue.engine.layout import (
     MetadataField,
     SlotLayout,
 )
-from shmqueue.engine.ring import (
-    RingView,
-    SegmentHandle,
-    create_segment,
-    pretty_bytes,
-    resolve_backend,
-)
+from shmqueue.engine.ring import RingView, SegmentHandle, create_segment
 from shmqueue.errors import RingAllocationError
+from shmqueue.units import pretty_bytes
 
 BACKENDS = ("memfd", "named")
 DTYPES = (torch.float32, torch.float64, torch.int16, torch.uint8, torch.int64, torch.float16)
@@ -157,14 +153,16 @@ def test_a_ring_written_in_one_process_is_read_in_another(backend: str, start_me
     ring = RingView(segment.buffer, layout)
     try:
         ring.patches["t1"][0].fill_(-1)
+        assert not _own_segments(), "a named ring has no name from the moment it exists"
+        handle = segment.handle()
         child = multiprocessing.get_context(start_method).Process(
-            target=_fill_from_child, args=(segment.handle(), layout)
+            target=_fill_from_child, args=(handle, layout)
         )
         child.start()
+        handle.close()  # like the pool: the child has its own descriptor now
         child.join(60)
         assert child.exitcode == 0
-        segment.seal()  # like the coordinator: once mapped elsewhere, nobody needs the name
-        assert not _own_segments()
+        segment.seal()  # like the coordinator: once the workers mapped it, drop the descriptor
         for slot in range(layout.max_length):
             for number, field in enumerate(layout.fields):
                 assert (ring.patches[field.name][slot] == 10 * slot + number + 1).all()
@@ -174,14 +172,12 @@ def test_a_ring_written_in_one_process_is_read_in_another(backend: str, start_me
         segment.close()
 
 
-def test_a_named_ring_removed_behind_its_back_still_closes() -> None:
-    """A /dev/shm cleaner may unlink the name first: close() must still free the descriptor."""
-    segment = create_segment("named", PAGE)
-    (name,) = _own_segments()
-    os.unlink(f"/dev/shm/{name}")
-    segment.close()  # the no_leaks fixture checks that no /dev/shm descriptor stays open
-    assert not _own_segments()
-    segment.close()
+def test_a_segment_closes_twice_and_frees_its_descriptor() -> None:
+    for backend in BACKENDS:
+        segment = create_segment(backend, PAGE)
+        segment.close()  # the no_leaks fixture checks that no descriptor stays open
+        segment.close()
+        assert segment.fd == -1
 
 
 def _fail_to_reserve(fd: int, offset: int, size: int) -> None:

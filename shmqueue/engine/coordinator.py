@@ -19,6 +19,7 @@ generation number; results of an abandoned epoch free their slots on arrival.
 from __future__ import annotations
 
 import logging
+import os
 import random
 import time
 import weakref
@@ -28,12 +29,20 @@ from multiprocessing.context import BaseContext
 
 import psutil
 
-from ..errors import RemoteTraceback, SubjectProcessingError, WorkerDiedError
+from ..errors import (
+    RemoteTraceback,
+    SubjectProcessingError,
+    WorkerDiedError,
+    WorkerStartError,
+    WorkerTimeoutError,
+)
 from ..pipeline import SubjectPipeline
 from ..plan import EpochPlan, SubjectTask, Take, mixing_schedule
 from ..stats import QueueStats
+from ..units import pretty_bytes
+from . import forks
 from .layout import SlotLayout
-from .pool import WorkerExited, WorkerPool
+from .pool import WorkerExited, WorkerGone, WorkerPool, run_all
 from .protocol import (
     PREFETCH_DEPTH,
     SubjectState,
@@ -42,14 +51,21 @@ from .protocol import (
     TaskMessage,
     WorkerMessage,
     WorkerReady,
+    WorkerStartFailed,
 )
-from .ring import RingView, Segment, create_segment, pretty_bytes
+from .ring import RingView, Segment, create_segment
 from .slots import SlotTable
 
 logger = logging.getLogger("shmqueue")
 
 WAIT_SLICE = 30.0
 READY_TIMEOUT = 300.0
+_START_ADVICE = (
+    " Under '{start_method}', workers import the script's modules again and unpickle the"
+    " subjects, transform and sampler: define the classes and functions they use in a module"
+    " (not in a notebook cell or an interactive session), start training under"
+    " `if __name__ == \"__main__\":`, or use multiprocessing_context='fork'."
+)
 
 PatchKey = tuple[int, int]  # (task position, patch number)
 
@@ -94,20 +110,42 @@ class _EpochRun:
 
 
 class _EngineResources:
-    """What must be released however the coordinator ends (close, GC, exit, error)."""
+    """What must be released however the coordinator ends (close, GC, exit, error).
+
+    Every release runs even if an earlier one fails. Only the process that built the engine
+    releases it; a forked copy detaches instead (:mod:`shmqueue.engine.forks`): it drops its
+    copies of the ring's mapping and descriptor, and never touches the workers.
+    """
 
     def __init__(self) -> None:
+        self.owner = os.getpid()
         self.segment: Segment | None = None
         self.ring: RingView | None = None
         self.pool: WorkerPool | None = None
+        forks.register(self)
 
     def close(self) -> None:
+        forks.unregister(self)
+        if os.getpid() != self.owner:
+            return
+        pool, ring, segment = self.pool, self.ring, self.segment
+        self.pool = self.ring = self.segment = None
+        steps: list[Callable[[], None]] = []
+        if pool is not None:
+            steps.append(pool.close)
+        if ring is not None:
+            steps.append(ring.release)
+        if segment is not None:
+            steps.append(segment.close)
+        run_all(steps)
+
+    def detach_in_child(self) -> None:
         if self.pool is not None:
-            self.pool.close()
+            self.pool.detach_in_child()
         if self.ring is not None:
             self.ring.release()
         if self.segment is not None:
-            self.segment.close()
+            self.segment.close()  # this copy's mapping and descriptor only
         self.pool = self.ring = self.segment = None
 
 
@@ -122,8 +160,10 @@ class Coordinator:
         context: BaseContext,
         backend: str,
         deterministic: bool,
+        timeout: float = 0.0,
     ) -> None:
         self.layout = layout
+        self.timeout = timeout
         self.deterministic = deterministic
         self.pipeline = pipeline
         self.stats = QueueStats(max_length=layout.max_length)
@@ -135,15 +175,16 @@ class Coordinator:
         self._worker_tasks: list[dict[tuple[int, int], tuple[int, ...]]] = [
             {} for _ in range(num_workers)
         ]
+        self._silence = 0.0  # seconds the consumer has waited without any worker reporting
         self._resources = _EngineResources()
         self._finalizer = weakref.finalize(self, self._resources.close)
         try:
             self._resources.segment = create_segment(backend, layout.ring_bytes)
             self.ring = self._resources.ring = RingView(self._resources.segment.buffer, layout)
             self._pool = self._resources.pool = WorkerPool(
-                num_workers, context, pipeline, self._resources.segment.handle(), layout
+                num_workers, context, pipeline, self._resources.segment, layout
             )
-            self._await_workers(num_workers)
+            self._await_workers(num_workers, context.get_start_method())
             self._resources.segment.seal()
         except BaseException:
             self.close()
@@ -160,7 +201,13 @@ class Coordinator:
     # Public ------------------------------------------------------------------------------------
 
     def start_epoch(self, plan: EpochPlan, upcoming: EpochPlan | None) -> None:
-        """Make ``plan`` current (adopting its prefetched run) and prefetch ``upcoming``."""
+        """Make ``plan`` current (adopting its prefetched run) and prefetch ``upcoming``.
+
+        A worker that died while idle (between epochs, e.g. killed for memory during
+        validation) is reported here, before any work is sent to it.
+        """
+        for exited in self._pool.exited():
+            raise self._worker_died(exited)
         if self._upcoming is not None and self._upcoming.plan == plan:
             run = self._upcoming
         else:
@@ -278,7 +325,10 @@ class Coordinator:
                     return
                 slots = tuple(self._slots.reserve(task.num_patches))
                 self._worker_tasks[worker_id][(run.generation, task.position)] = slots
-                self._pool.send(worker_id, TaskMessage(task, run.generation, slots))
+                try:
+                    self._pool.send(worker_id, TaskMessage(task, run.generation, slots))
+                except WorkerGone as gone:
+                    raise self._worker_died(gone.exited) from None
                 run.next_task += 1
                 run.in_flight += 1
         self._update_fill()
@@ -296,14 +346,24 @@ class Coordinator:
                 f" flight ({self._slots.free_count} free slots, next task {run.next_task})."
             )
         started = time.perf_counter()
-        events = self._pool.wait(WAIT_SLICE)
+        events = self._pool.wait(min(WAIT_SLICE, self.timeout) if self.timeout else WAIT_SLICE)
         waited = time.perf_counter() - started
         self.stats.consumer_wait_seconds += waited
         if run.yielded == 0:
             self.stats.first_patch_seconds += waited
         if not events:
+            self._silence += waited
             in_flight = [self._describe_task(*key) for tasks in self._worker_tasks for key in tasks]
+            if self.timeout and self._silence >= self.timeout:
+                raise WorkerTimeoutError(
+                    f"No worker reported for {self._silence:.0f} s (timeout={self.timeout:g}) while"
+                    f" processing {', '.join(in_flight)}. A transform may be stuck (a deadlock in"
+                    " a library, a network file system that hangs); raise timeout= if subjects"
+                    " really take this long, or run the subject with num_workers=0 to debug."
+                )
             logger.warning("waited %.0f s for workers still processing %s", waited, in_flight)
+        else:
+            self._silence = 0.0
         self._process(events)
 
     def _process(self, events: list[WorkerMessage | WorkerExited]) -> None:
@@ -345,7 +405,7 @@ class Coordinator:
         run.in_flight -= 1
         remote = RemoteTraceback(failed.traceback_text)
         cause: BaseException = remote
-        summary = failed.traceback_text.strip().splitlines()[-1]
+        summary = failed.traceback_text.strip().splitlines()[-1].rstrip(".")
         if failed.exception is not None:
             failed.exception.__cause__ = remote
             cause = failed.exception
@@ -379,7 +439,7 @@ class Coordinator:
         index = run.plan.tasks[position].subject_index
         return f"{self.pipeline.subjects[index].describe(index)} of epoch {run.plan.epoch}"
 
-    def _await_workers(self, num_workers: int) -> None:
+    def _await_workers(self, num_workers: int, start_method: str) -> None:
         ready: set[int] = set()
         deadline = time.monotonic() + READY_TIMEOUT
         while len(ready) < num_workers:
@@ -392,13 +452,27 @@ class Coordinator:
             for event in self._pool.wait(remaining):
                 if isinstance(event, WorkerReady):
                     ready.add(event.worker_id)
+                    self.stats.worker_descriptors[event.worker_id] = event.descriptors
+                elif isinstance(event, WorkerStartFailed):
+                    raise self._start_failed(event, start_method)
                 elif isinstance(event, WorkerExited):
                     raise WorkerDiedError(
                         f"Worker {event.worker_id} (pid {event.pid}) {event.describe()} during"
-                        " start-up. With the spawn or forkserver start methods, the subjects,"
-                        " transform and sampler must be importable and picklable (define"
-                        " functions and classes at module level)."
+                        f" start-up.{_START_ADVICE.format(start_method=start_method)} Its own"
+                        " error, if any, is printed above (the worker's stderr)."
                     )
+
+    def _start_failed(self, failed: WorkerStartFailed, start_method: str) -> WorkerStartError:
+        summary = failed.traceback_text.strip().splitlines()[-1].rstrip(".")
+        error = WorkerStartError(
+            f"Worker {failed.worker_id} could not start under the '{start_method}' start"
+            f" method: {summary}.{_START_ADVICE.format(start_method=start_method)}"
+        )
+        remote = RemoteTraceback(failed.traceback_text)
+        if failed.exception is not None:
+            failed.exception.__cause__ = remote
+        error.__cause__ = failed.exception or remote
+        return error
 
     def _update_fill(self) -> None:
         self.stats.ready = sum(len(run.ready) for run in self._runs.values())

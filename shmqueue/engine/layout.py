@@ -80,6 +80,11 @@ class SlotLayout:
     def field(self, name: str) -> PatchField:
         return next(field for field in self.fields if field.name == name)
 
+    @property
+    def images(self) -> dict[str, tuple[int, torch.dtype]]:
+        """What a slot holds of each image, name -> (channels, dtype): :meth:`build`'s input."""
+        return {field.name: (field.channels, field.dtype) for field in self.fields}
+
     def patch_shape(self, field: PatchField) -> tuple[int, int, int, int]:
         return (field.channels, *self.patch_size)
 

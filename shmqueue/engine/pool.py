@@ -2,15 +2,22 @@
 
 It waits on the workers' result pipes and process sentinels together
 (``multiprocessing.connection.wait``), so a worker's death is noticed as soon as anyone waits,
-never by polling. Shutdown follows steps 6-8 of protocol.py and is safe to call twice.
+never by polling. Shutdown follows steps 7-9 of protocol.py, is safe to call twice (also from a
+signal handler, or with ``SIGCHLD`` ignored) and releases every resource even when one release
+fails. Only the process that built the pool acts on it: in a forked copy it is detached
+(:mod:`shmqueue.engine.forks`).
 """
 
 from __future__ import annotations
 
+import logging
+import multiprocessing.process
+import os
 import pickle
 import signal
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from multiprocessing.context import BaseContext
@@ -18,10 +25,13 @@ from multiprocessing.process import BaseProcess
 from typing import Any
 
 from ..pipeline import SubjectPipeline
+from . import forks
 from .layout import SlotLayout
 from .protocol import JOIN_TIMEOUT, Shutdown, TaskMessage, WorkerMessage
-from .ring import SegmentHandle
-from .worker import worker_main
+from .ring import Segment
+from .worker import WorkerStart, worker_main
+
+logger = logging.getLogger("shmqueue")
 
 SHUTDOWN_GRACE = 1.0
 
@@ -44,7 +54,12 @@ class WorkerExited:
 
     def describe(self) -> str:
         """``"was killed by SIGKILL (SIGKILL usually comes from ...)"``."""
-        if self.exitcode is not None and self.exitcode < 0:
+        if self.exitcode is None:
+            return (
+                "exited with an unknown status (this process ignores SIGCHLD, so the kernel"
+                " reaped it before its status could be read)"
+            )
+        if self.exitcode < 0:
             try:
                 signum = signal.Signals(-self.exitcode)
             except ValueError:
@@ -55,6 +70,14 @@ class WorkerExited:
             f"exited with code {self.exitcode} (user code called sys.exit or os._exit, or the"
             " interpreter failed)"
         )
+
+
+class WorkerGone(Exception):
+    """Sending to a worker failed because it has exited; carries how it ended."""
+
+    def __init__(self, exited: WorkerExited) -> None:
+        super().__init__(exited.describe())
+        self.exited = exited
 
 
 @dataclass(eq=False)  # hashed by identity: :meth:`WorkerPool.wait` collects the dead in a dict
@@ -73,46 +96,72 @@ class WorkerPool:
         num_workers: int,
         context: BaseContext,
         pipeline: SubjectPipeline,
-        handle: SegmentHandle,
+        segment: Segment,
         layout: SlotLayout,
     ) -> None:
         self._closed = False
+        self._owner = os.getpid()
         self._workers: list[_Worker] = []
         self._pids: list[int | None] = []
+        start_method = context.get_start_method()
+        payload = pipeline if start_method == "fork" else _pickled(pipeline, start_method)
+        # A worker's parent is this process, except under forkserver (the server); the
+        # parent-death signal follows the thread that forked, so only the main thread asks it.
+        start = WorkerStart(
+            owner_pid=self._owner,
+            parent_pid=None if start_method == "forkserver" else self._owner,
+            die_with_parent=start_method == "forkserver"
+            or threading.current_thread() is threading.main_thread(),
+        )
         lifeline_reader, self._lifeline = context.Pipe(duplex=False)
-        fork = context.get_start_method() == "fork"
-        inherited = (self._lifeline.fileno(),) if fork else ()
+        forks.register(self)
         try:
             for worker_id in range(num_workers):
-                task_reader, task_writer = context.Pipe(duplex=False)
-                result_reader, result_writer = context.Pipe(duplex=False)
-                process = context.Process(  # type: ignore[attr-defined]
-                    target=worker_main,
-                    args=(
-                        worker_id,
-                        pipeline,
-                        handle,
-                        layout,
-                        task_reader,
-                        result_writer,
-                        lifeline_reader,
-                        inherited,
-                    ),
-                    name=f"shmqueue-worker-{worker_id}",
-                    daemon=True,
+                self._start_worker(
+                    worker_id, context, payload, segment, layout, start, lifeline_reader
                 )
-                self._workers.append(_Worker(worker_id, process, task_writer, result_reader))
-                try:
-                    _start(process, context.get_start_method())
-                finally:  # the worker's ends: the child has its own copies (or never started)
-                    task_reader.close()
-                    result_writer.close()
-                self._pids.append(process.pid)
         except BaseException:
             self.close()
             raise
         finally:
             lifeline_reader.close()
+
+    def _start_worker(
+        self,
+        worker_id: int,
+        context: BaseContext,
+        payload: SubjectPipeline | bytes,
+        segment: Segment,
+        layout: SlotLayout,
+        start: WorkerStart,
+        lifeline_reader: Connection,
+    ) -> None:
+        task_reader, task_writer = context.Pipe(duplex=False)
+        result_reader, result_writer = context.Pipe(duplex=False)
+        handle = segment.handle()
+        process = context.Process(  # type: ignore[attr-defined]
+            target=worker_main,
+            args=(
+                worker_id,
+                payload,
+                handle,
+                layout,
+                task_reader,
+                result_writer,
+                lifeline_reader,
+                start,
+            ),
+            name=f"shmqueue-worker-{worker_id}",
+            daemon=True,
+        )
+        self._workers.append(_Worker(worker_id, process, task_writer, result_reader))
+        try:
+            process.start()
+        finally:  # the worker's ends: the child has its own copies (or never started)
+            handle.close()
+            task_reader.close()
+            result_writer.close()
+        self._pids.append(process.pid)
 
     @property
     def num_workers(self) -> int:
@@ -124,7 +173,17 @@ class WorkerPool:
         return list(self._pids)
 
     def send(self, worker_id: int, message: TaskMessage) -> None:
-        self._workers[worker_id].tasks.send(message)
+        """Send ``message``; raises :class:`WorkerGone` if the worker has exited."""
+        worker = self._workers[worker_id]
+        try:
+            worker.tasks.send(message)
+        except OSError:
+            raise WorkerGone(self._reap(worker)) from None
+
+    def exited(self) -> list[WorkerExited]:
+        """The workers that have exited by now (checked without waiting)."""
+        dead = [worker for worker in self._workers if wait([worker.process.sentinel], 0)]
+        return [self._reap(worker) for worker in dead]
 
     def wait(self, timeout: float | None) -> list[WorkerMessage | WorkerExited]:
         """Messages that arrived within ``timeout`` seconds (all that are waiting, at least one
@@ -145,47 +204,73 @@ class WorkerPool:
                     died.append(worker)
             else:
                 died.append(worker)
-        for worker in dict.fromkeys(died):
-            worker.process.join(JOIN_TIMEOUT)
-            events.append(
-                WorkerExited(worker.worker_id, worker.process.pid, worker.process.exitcode)
-            )
+        events.extend(self._reap(worker) for worker in dict.fromkeys(died))
         return events
 
+    def _reap(self, worker: _Worker) -> WorkerExited:
+        worker.process.join(JOIN_TIMEOUT)
+        return WorkerExited(worker.worker_id, worker.process.pid, worker.process.exitcode)
+
     def close(self) -> None:
-        """Steps 6-8 of the protocol: ask, wait, terminate, kill, release the pipes."""
-        if self._closed:
+        """Steps 7-9 of the protocol: ask, wait, terminate, kill, release the pipes.
+
+        Every step runs even if an earlier one fails; the first failure is raised at the end.
+        Does nothing in a process other than the one that built the pool.
+        """
+        if self._closed or os.getpid() != self._owner:
             return
         self._closed = True
+        forks.unregister(self)
+        processes = [worker.process for worker in self._workers]
+        steps: list[Callable[[], None]] = []
+        steps += [_ignoring_gone(worker.tasks.send, Shutdown()) for worker in self._workers]
+        steps.append(self._lifeline.close)
+        steps.append(lambda: _join_all(processes, SHUTDOWN_GRACE))
+        steps += [_signal_if_running(process, "terminate") for process in processes]
+        steps.append(lambda: _join_all(processes, JOIN_TIMEOUT))
+        steps += [_signal_if_running(process, "kill") for process in processes]
+        steps.append(lambda: _join_all(processes, JOIN_TIMEOUT))
         for worker in self._workers:
-            try:
-                worker.tasks.send(Shutdown())
-            except OSError:
-                pass  # the worker is already gone
+            steps += [worker.tasks.close, worker.results.close, _closer(worker.process)]
+        run_all(steps)
+
+    def detach_in_child(self) -> None:
+        """In a forked copy of the training process: close the inherited pipe ends and process
+        sentinels, and make sure this process's exit handlers never signal the workers."""
+        self._closed = True
         self._lifeline.close()
-        _join_all([worker.process for worker in self._workers], SHUTDOWN_GRACE)
         for worker in self._workers:
-            if worker.process.is_alive():
-                worker.process.terminate()
-        _join_all([worker.process for worker in self._workers], JOIN_TIMEOUT)
-        for worker in self._workers:
-            if worker.process.is_alive():
-                worker.process.kill()
-                worker.process.join()
             worker.tasks.close()
             worker.results.close()
-            if worker.process.pid is not None:
-                worker.process.close()
+            # multiprocessing would terminate these "daemon children" when this copy exits; they
+            # are the parent's processes, not ours.
+            multiprocessing.process._children.discard(worker.process)  # type: ignore[attr-defined]
+            _close_inherited_sentinel(worker.process)
 
 
-def _start(process: BaseProcess, start_method: str) -> None:
-    """Start ``process``; under spawn or forkserver its arguments are pickled, and a failure
-    to pickle becomes a :class:`TypeError` that says what to change."""
+def _close_inherited_sentinel(process: BaseProcess) -> None:
+    """Close a fork's copies of ``process``'s sentinel pipe ends.
+
+    multiprocessing closes them through a finalizer that refuses to run in another process, so
+    a fork would keep them for good (and every later worker would hold its predecessors');
+    run its closing here once and cancel it, so that nothing closes them twice.
+    """
+    finalizer = getattr(getattr(process, "_popen", None), "finalizer", None)
+    if finalizer is None or not finalizer.still_active():
+        return
+    for fd in finalizer._args:  # util.Finalize(popen, util.close_fds, (fd, ...))
+        try:
+            os.close(fd)
+        except OSError:
+            pass  # already closed in this process
+    finalizer.cancel()
+
+
+def _pickled(pipeline: SubjectPipeline, start_method: str) -> bytes:
+    """The pipeline pickled once for every worker; a failure says what to change."""
     try:
-        process.start()
+        return pickle.dumps(pipeline)
     except (pickle.PicklingError, AttributeError, TypeError) as error:
-        if start_method == "fork":
-            raise
         raise TypeError(
             f"Cannot start a worker process with the '{start_method}' start method: the subjects,"
             f" transform and sampler are pickled to reach it, and pickling failed: {error}."
@@ -194,8 +279,63 @@ def _start(process: BaseProcess, start_method: str) -> None:
         ) from error
 
 
+def _has_exited(process: BaseProcess) -> bool:
+    """Whether ``process`` has ended: its exit code is known, or its sentinel fired (which is
+    right also when SIGCHLD is ignored and the kernel reaps it, where ``is_alive()`` stays true
+    forever; a forkserver's sentinel, once its status is read, may not fire again)."""
+    if process.pid is None or process.exitcode is not None:
+        return True
+    return bool(wait([process.sentinel], 0))
+
+
 def _join_all(processes: Sequence[BaseProcess], timeout: float) -> None:
+    """Join (reap) each process that ends within ``timeout`` seconds in all."""
     deadline = time.monotonic() + timeout
     for process in processes:
         if process.pid is not None:
             process.join(max(0.0, deadline - time.monotonic()))
+
+
+def _signal_if_running(process: BaseProcess, how: str) -> Callable[[], None]:
+    def send() -> None:
+        if not _has_exited(process):
+            getattr(process, how)()
+
+    return send
+
+
+def _ignoring_gone(send: Callable[[Any], None], message: Any) -> Callable[[], None]:
+    def call() -> None:
+        try:
+            send(message)
+        except OSError:
+            pass  # the worker is already gone
+
+    return call
+
+
+def _closer(process: BaseProcess) -> Callable[[], None]:
+    def close() -> None:
+        if process.pid is None or not _has_exited(process):
+            return  # never started, or unkillable (stuck in the kernel): nothing to release
+        if process.exitcode is None:  # reaped by the kernel (SIGCHLD ignored): close() refuses
+            process._popen.close()  # type: ignore[attr-defined]  # so release its pipes directly
+            return
+        process.close()
+
+    return close
+
+
+def run_all(steps: Sequence[Callable[[], None]]) -> None:
+    """Run every step; raise the first failure after all have run (log the others)."""
+    first: BaseException | None = None
+    for step in steps:
+        try:
+            step()
+        except BaseException as error:
+            if first is None:
+                first = error
+            else:
+                logger.warning("while closing the worker pool: %r", error)
+    if first is not None:
+        raise first

@@ -1,36 +1,54 @@
 """Messages between the coordinator and its workers, and the protocol they follow.
 
-Only small, fixed-size messages cross the pipes; patches go through the ring.
+Only small, fixed-size messages cross the pipes; patches go through the ring. The coordinator
+has no thread of its own: it works inside the consumer's calls (``start_epoch`` and ``take``,
+from the training loop's ``next()``), so every step below on its side happens there.
 
-Start-up
-  1. The coordinator creates the ring, a lifeline pipe (it keeps the only write end), and per
-     worker a task pipe (coordinator -> worker) and a result pipe (worker -> coordinator).
-     Under spawn and forkserver a worker's arguments (subjects, transform, sampler) are
-     pickled; if that fails, start-up ends with a ``TypeError`` that says what to change.
-  2. Each worker ignores SIGINT, uses one torch intra-op thread, maps the ring and sends
-     :class:`WorkerReady`. When all are ready the coordinator seals the ring (the named backend
-     unlinks its name, so a killed process group leaves nothing in /dev/shm).
+Start-up (:class:`~shmqueue.engine.pool.WorkerPool`)
+  1. The coordinator creates the ring (a reserved memfd, or a /dev/shm segment unlinked at once),
+     a lifeline pipe (it keeps the only write end) and, per worker, a task pipe (coordinator ->
+     worker) and a result pipe (worker -> coordinator). Each worker gets its own duplicate of
+     the ring's descriptor. Under spawn and forkserver the pipeline (subjects, transform,
+     sampler) is pickled once, in the training process: a failure there is a ``TypeError`` that
+     says what to change.
+  2. Each worker ignores SIGINT, arranges to die with the training process (the parent-death
+     signal, and a thread that waits on the training process's pidfd and on the lifeline and
+     ends the process at once), uses one torch intra-op thread, maps the ring, closes its
+     descriptor, unpickles the pipeline, and sends :class:`WorkerReady` with a census of its
+     descriptors, or :class:`WorkerStartFailed` with its traceback. When all are ready the
+     coordinator closes its own descriptor of the ring (its mapping keeps the memory).
 
 Per subject (one message each way, never one per patch)
-  3. The coordinator reserves ``task.num_patches`` free slots and sends :class:`TaskMessage`
-     (task, epoch generation, slots). A worker holds at most ``PREFETCH_DEPTH`` such tasks.
+  3. Before an epoch's first dispatch, the coordinator reports any worker that died while idle.
+     It reserves ``task.num_patches`` free slots and sends :class:`TaskMessage` (task, epoch
+     generation, slots); a failed send is reported as the worker's death. A worker holds at
+     most ``PREFETCH_DEPTH`` such tasks.
   4. The worker loads, augments and samples the subject, writes patch ``k`` and its metadata
      row into ``slots[k]``, then sends :class:`TaskDone` with the augmented subject's
      :class:`SubjectState` (its images' affines, the metadata its transform changed); on an
      exception it sends :class:`TaskFailed` with the original exception (when picklable) and its
      traceback text, and goes on with its next task.
   5. The coordinator marks the slots ready (or frees them if the generation is stale).
+  6. While the consumer waits, the coordinator blocks on the result pipes and the workers'
+     sentinels together; with a ``timeout``, silence that long raises WorkerTimeoutError.
 
-Shutdown (:meth:`~shmqueue.engine.pool.WorkerPool.close`; safe twice, also from a finalizer)
-  6. Send :class:`Shutdown` to every worker and close the lifeline; a worker exits on either.
-  7. Join each worker for ``JOIN_TIMEOUT`` seconds; SIGTERM the rest, then SIGKILL.
-  8. Close the pipes, drop the ring's views, close the segment.
+Shutdown (:meth:`~shmqueue.engine.pool.WorkerPool.close`; safe twice, also from a finalizer or a
+signal handler; every step runs even if an earlier one fails)
+  7. Send :class:`Shutdown` to every worker and close the lifeline; a worker exits on either
+     (the lifeline's EOF ends it at once, also mid-subject).
+  8. Join the workers for ``SHUTDOWN_GRACE`` seconds; SIGTERM the rest and join for
+     ``JOIN_TIMEOUT``; SIGKILL any still left and join again.
+  9. Close the pipes and the process handles; then the coordinator drops the ring's views and
+     unmaps it.
 
 Failure
   * A worker that exits unasked (its sentinel fires) is reported as
     :class:`~shmqueue.errors.WorkerDiedError` with its exit code or signal; the coordinator
     notices at once because it waits on sentinels and result pipes together.
-  * If the coordinator dies, the lifeline's EOF wakes every worker, which exits.
+  * If the training process dies, its workers exit within moments (step 2), whatever other
+    process holds descriptors: forks of the training process close theirs
+    (:mod:`shmqueue.engine.forks`).
+  * Only the process that built the engine acts on it; in a fork, the engine is detached.
 """
 
 from __future__ import annotations
@@ -63,9 +81,24 @@ class Shutdown:
 
 @dataclass(frozen=True)
 class WorkerReady:
-    """Worker -> coordinator: the ring is mapped."""
+    """Worker -> coordinator: the ring is mapped and the pipeline loaded.
+
+    ``descriptors`` counts the worker's open descriptors by kind, so that tests (and users
+    chasing a leak) can see that a worker holds only its own pipes, whatever the start method
+    and however many queues the training process has made.
+    """
 
     worker_id: int
+    descriptors: dict[str, int]
+
+
+@dataclass(frozen=True)
+class WorkerStartFailed:
+    """Worker -> coordinator: mapping the ring or unpickling the pipeline failed."""
+
+    worker_id: int
+    exception: BaseException | None
+    traceback_text: str
 
 
 @dataclass(frozen=True)
@@ -124,4 +157,4 @@ class TaskFailed:
     traceback_text: str
 
 
-WorkerMessage = WorkerReady | TaskDone | TaskFailed
+WorkerMessage = WorkerReady | WorkerStartFailed | TaskDone | TaskFailed

@@ -7,27 +7,35 @@ on which worker it is (contract 6 of DESIGN.md).
 
 from __future__ import annotations
 
+import ctypes
 import os
 import pickle
-import resource
 import signal
 import sys
+import threading
 import time
 import traceback
+from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 
 import torch
 
+from ..machine import peak_rss
 from ..pipeline import SubjectPipeline
 from ..volumes import use_volume_pool
 from .layout import SlotLayout
-from .protocol import Shutdown, SubjectState, TaskDone, TaskFailed, TaskMessage, WorkerReady
+from .protocol import (
+    Shutdown,
+    SubjectState,
+    TaskDone,
+    TaskFailed,
+    TaskMessage,
+    WorkerReady,
+    WorkerStartFailed,
+)
 from .ring import RingView, SegmentHandle
 
-
-def _peak_rss() -> int:
-    scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss is in KiB on Linux
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+_PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 
 
 def _picklable(error: BaseException) -> BaseException | None:
@@ -71,31 +79,94 @@ def run_task(
             traceback.format_exc(),
         )
     elapsed = time.perf_counter() - started
-    return TaskDone(worker_id, message.generation, task, state, elapsed, _peak_rss())
+    return TaskDone(worker_id, message.generation, task, state, elapsed, peak_rss())
+
+
+@dataclass(frozen=True)
+class WorkerStart:
+    """How a worker knows its training process, so that it never outlives it.
+
+    ``owner_pid`` is the training process; ``parent_pid`` the worker's expected parent (the
+    training process, or None under forkserver, whose server is the parent);
+    ``die_with_parent`` asks the kernel to SIGKILL the worker when its parent's forking thread
+    dies (Linux's parent-death signal; it reaches a worker stopped with SIGSTOP too).
+    """
+
+    owner_pid: int
+    parent_pid: int | None
+    die_with_parent: bool
+
+
+def _exit_with_owner(start: WorkerStart, lifeline: Connection) -> None:
+    """Exit as soon as the training process is gone, whatever else holds our descriptors.
+
+    Three guards: the parent-death signal; a thread that waits on the training process's pidfd
+    and on the lifeline (whose write end only the training process holds: forks close theirs)
+    and ends the process at once, also in the middle of a subject; and a check that the parent
+    did not die before the first two were in place.
+    """
+    if start.die_with_parent and sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if start.parent_pid is not None and os.getppid() != start.parent_pid:
+        os._exit(0)
+    watched: list[Connection | int] = [lifeline]
+    if hasattr(os, "pidfd_open"):
+        try:
+            watched.append(os.pidfd_open(start.owner_pid))
+        except ProcessLookupError:
+            os._exit(0)
+    threading.Thread(
+        target=_exit_when_ready, args=(watched,), name="shmqueue-owner-watch", daemon=True
+    ).start()
+
+
+def _exit_when_ready(watched: list[Connection | int]) -> None:
+    wait(watched)
+    os._exit(0)  # the training process is gone (or closed the pool): nothing to finish
+
+
+def _descriptor_census() -> dict[str, int]:
+    """This process's open descriptors by kind (pipe, memfd, pidfd, socket, file, ...)."""
+    census: dict[str, int] = {}
+    for entry in os.scandir("/proc/self/fd") if os.path.isdir("/proc/self/fd") else ():
+        try:
+            target = os.readlink(entry.path)
+        except OSError:
+            continue  # the descriptor scandir itself used
+        kind = target.lstrip("/").split(":", 1)[0] if ":" in target else "file"
+        if kind == "anon_inode":
+            kind = target.split(":", 1)[1].strip("[]")
+        census[kind] = census.get(kind, 0) + 1
+    return census
 
 
 def worker_main(
     worker_id: int,
-    pipeline: SubjectPipeline,
+    payload: SubjectPipeline | bytes,
     handle: SegmentHandle,
     layout: SlotLayout,
     tasks: Connection,
     results: Connection,
     lifeline: Connection,
-    inherited_fds: tuple[int, ...],
+    start: WorkerStart,
 ) -> None:
     """Entry point of a worker process."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the coordinator's to handle
-    for fd in inherited_fds:  # under fork: our copy of the lifeline's write end
-        os.close(fd)
+    _exit_with_owner(start, lifeline)
     torch.set_num_threads(1)
     use_volume_pool()
-    ring = RingView(handle.open(), layout)
     try:
-        results.send(WorkerReady(worker_id))
+        ring = RingView(handle.open(), layout)
+        # Under spawn and forkserver the pipeline arrives pickled: unpickling it here, not in
+        # multiprocessing's bootstrap, lets a failure reach the training process with its cause.
+        pipeline = payload if isinstance(payload, SubjectPipeline) else pickle.loads(payload)
+    except Exception as error:
+        results.send(WorkerStartFailed(worker_id, _picklable(error), traceback.format_exc()))
+        return
+    try:
+        results.send(WorkerReady(worker_id, _descriptor_census()))
         while True:
-            if lifeline in wait([tasks, lifeline]):
-                return  # the coordinator is gone
             message = tasks.recv()
             if isinstance(message, Shutdown):
                 return
