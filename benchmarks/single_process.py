@@ -58,7 +58,7 @@ def measure_subject_cost(
     torch.set_num_threads(1)
     subjects = [sq.Subject(t1=sq.ScalarImage(path)) for path in paths]
     sampler = sq.UniformSampler(subjects[0], patch_size=patch_size)
-    pipeline = SubjectPipeline(subjects, transform, sampler)
+    pipeline = SubjectPipeline(subjects, transform, sampler, {"t1": (1, torch.float32)})
     plan = make_epoch_plan(
         0, range(len(subjects)), [patches_per_volume] * len(subjects), seed, True
     )

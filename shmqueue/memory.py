@@ -384,19 +384,8 @@ def _layout_images(subjects: Sequence[Subject]) -> dict[str, tuple[int, torch.dt
 # Estimation -----------------------------------------------------------------------------------
 
 
-def _start_method(context: str | BaseContext | None) -> str:
-    if isinstance(context, BaseContext):
-        return context.get_start_method()
-    return multiprocessing.get_context(context).get_start_method()
-
-
 def _next_power_of_two(size: int) -> int:
     return 1 << max(0, size - 1).bit_length()
-
-
-def _check_positive(name: str, value: int, minimum: int = 1) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
 
 
 def estimate_memory(
@@ -511,7 +500,7 @@ def estimate_memory(
     if measure:
         data = Moment("measured")
         measured = measure_pipeline(
-            subjects, infos, transform, sampler, patches_per_volume, start_method
+            subjects, infos, transform, sampler, layout.images, patches_per_volume, start_method
         )
         peak_description = f"the largest {min(MEASURED_SUBJECTS, len(subjects))} subject(s)"
     else:

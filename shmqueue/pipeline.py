@@ -3,45 +3,78 @@
 Load the subject, augment it with the task's seed, prepare it for the sampler and draw the task's
 patch locations. The in-process path and the engine's workers both call :meth:`run`, so a patch is
 the same region of the same augmented volume in both (contracts 2 and 6 of DESIGN.md).
+
+It also checks, in this one place for both paths, that the transformed subject's images are what
+the ring was laid out for from the images' headers: the same names with the same channels, in a
+dtype the ring's can hold. Anything else would be copied wrongly (a channel broadcast into two, an
+added image dropped), so it raises :class:`~shmqueue.errors.TransformOutputError` naming the
+transform step that made the difference. Floating-point images may come out in another floating
+dtype (e.g. float64 from a numpy-based transform): they are rounded to the ring's, as before.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 
-from .errors import SamplingError
+from .errors import SamplingError, TransformOutputError
 from .machine import return_free_memory
 from .plan import SubjectTask
 from .sampling.base import PatchLocation, PatchSampler
 from .subject import Subject
 from .transforms import SubjectTransform, apply_transform, transform_steps
 
+ImageSpec = tuple[int, torch.dtype]
+"""What the ring holds of one image: ``(channels, dtype)``."""
+
 
 class SubjectPipeline:
-    """The subjects, the transform and the sampler: everything a worker needs, and picklable."""
+    """The subjects, the transform and the sampler: everything a worker needs, and picklable.
+
+    Args:
+        subjects: the queue's subjects.
+        transform: applied to each loaded subject, step by step (see
+            :func:`~shmqueue.transforms.transform_steps`).
+        sampler: prepares the transformed subject and draws the patch locations.
+        images: what the ring holds of each image, name -> ``(channels, dtype)`` (the queue's
+            ``layout.images``); :meth:`run` raises if the transformed subject differs.
+    """
 
     def __init__(
         self,
         subjects: Sequence[Subject],
         transform: SubjectTransform | None,
         sampler: PatchSampler,
+        images: Mapping[str, ImageSpec],
     ) -> None:
         self.subjects = subjects
         self.transform = transform
         self.sampler = sampler
+        self.images = dict(images)
 
     def run(self, task: SubjectTask) -> tuple[Subject, list[PatchLocation]]:
-        """The augmented, prepared subject and exactly ``task.num_patches`` patch locations."""
+        """The augmented, prepared subject and exactly ``task.num_patches`` patch locations.
+
+        Raises:
+            TransformOutputError: the transformed subject's images are not what the ring holds
+                (see the module's docstring).
+            SamplingError: the sampler gave another number of patches than planned.
+        """
         return_free_memory()  # the previous subject's volumes, so that the process stays its size
         subject = self.subjects[task.subject_index].copy()
         subject.load()
         generator = torch.Generator().manual_seed(task.seed)
-        for step in transform_steps(self.transform, generator):
+        # Each stage's image specs (from tensor shapes and dtypes, no voxel read), so that a
+        # mismatch is blamed on the step that made it.
+        stages = [("loading the files", _image_specs(subject))]
+        for number, step in enumerate(transform_steps(self.transform, generator), start=1):
             subject = apply_transform(step, subject, generator)  # frees the step's input
+            stages.append((f"transform step {number} ({_step_name(step)})", _image_specs(subject)))
         subject = self.sampler.prepare(subject)
         subject.spatial_shape  # noqa: B018 -- raises if the transform broke the alignment
+        stages.append((f"{type(self.sampler).__name__}.prepare", _image_specs(subject)))
+        self._check_images(task, stages)
         locations = self.sampler.locations(subject, task.num_patches, generator)
         if len(locations) != task.num_patches:
             raise SamplingError(
@@ -50,3 +83,68 @@ class SubjectPipeline:
                 " from the header's shape. Does the transform change the spatial shape?"
             )
         return subject, locations
+
+    def _check_images(
+        self, task: SubjectTask, stages: list[tuple[str, dict[str, ImageSpec]]]
+    ) -> None:
+        """Raise unless the last stage's images are what the ring holds, naming the stage that
+        first made them differ (a transform step, the sampler's preparation, or loading)."""
+        final = stages[-1][1]
+        for name in {**self.images, **final}:
+            expected = self.images.get(name)
+            if _fits(expected, final.get(name)):
+                continue
+            stage, specs = next(
+                (stage, specs) for stage, specs in stages if not _fits(expected, specs.get(name))
+            )
+            verb = "added" if expected is None else "removed" if name not in specs else "changed"
+            ring = "the ring of patch slots (laid out before any transform)"
+            held = "has no place for it" if expected is None else f"holds {_describe(expected)}"
+            description = self.subjects[task.subject_index].describe(task.subject_index)
+            raise TransformOutputError(
+                f"{description}: image '{name}' is {_describe(final.get(name))} after the"
+                f" transform, but {ring} {held}; {stage} {verb} it."
+                f" {_advice(expected, final.get(name))}"
+            )
+
+
+def _image_specs(subject: Subject) -> dict[str, ImageSpec]:
+    return {name: (image.num_channels, image.dtype) for name, image in subject.images.items()}
+
+
+def _step_name(step: SubjectTransform) -> str:
+    return getattr(step, "__qualname__", type(step).__name__)
+
+
+def _holds(ring: torch.dtype, produced: torch.dtype) -> bool:
+    """Whether the ring's dtype keeps every value of ``produced``; floats round, as they did."""
+    if ring.is_floating_point and produced.is_floating_point:
+        return True
+    return torch.promote_types(ring, produced) == ring
+
+
+def _fits(expected: ImageSpec | None, produced: ImageSpec | None) -> bool:
+    if expected is None or produced is None:
+        return expected is produced
+    return expected[0] == produced[0] and _holds(expected[1], produced[1])
+
+
+def _describe(spec: ImageSpec | None) -> str:
+    if spec is None:
+        return "absent"
+    channels, dtype = spec
+    return f"{channels} channel{'' if channels == 1 else 's'} of {dtype}"
+
+
+def _advice(expected: ImageSpec | None, produced: ImageSpec | None) -> str:
+    if expected is not None and produced is not None and expected[0] == produced[0]:
+        return (
+            f"The ring's {expected[1]} cannot hold {produced[1]} values without changing them:"
+            f" cast the image back to {expected[1]} in the transform, or remove that step."
+        )
+    return (
+        "The ring is laid out before any transform runs, from the headers, so a transform that"
+        " adds or removes images or changes their channels cannot be used with a Queue yet:"
+        " remove that step (e.g. apply it to each batch in the training loop instead), or store"
+        " the images as it would make them."
+    )

@@ -10,7 +10,7 @@ processes that write patches into a shared-memory ring; :meth:`Queue.batches` (w
 from __future__ import annotations
 
 import logging
-import multiprocessing
+import os
 import secrets
 import time
 import warnings
@@ -69,6 +69,12 @@ class Queue(IterableDataset[Subject]):
     ``patches_per_volume`` patches of every subject of the epoch (fewer only for finite samplers
     such as the grid), mixed through a buffer of ``max_length`` patches.
 
+    One iteration runs at a time: starting another (a second loader, or ``iter(queue)`` beside
+    :meth:`batches`) makes the unfinished one raise :class:`~shmqueue.ConcurrentIterationError`
+    on its next step, rather than split the epoch. The memory check (``check_memory``) runs at
+    construction and again when the first iteration starts the workers, against the memory
+    available then.
+
     Args:
         subjects: the subjects (a sequence of :class:`~shmqueue.Subject`).
         patch_sampler: where patches come from, e.g. :class:`~shmqueue.UniformSampler`.
@@ -100,6 +106,10 @@ class Queue(IterableDataset[Subject]):
             :meth:`estimate_memory`; batches of 16 assumed) with the available memory and raise
             :class:`~shmqueue.MemoryBudgetError` if it cannot fit. ``False`` skips that check;
             the ring is always checked against its backend's capacity.
+        timeout: seconds the training loop may wait with no worker reporting before
+            :class:`~shmqueue.WorkerTimeoutError` names the subjects in flight (as torch's
+            DataLoader ``timeout``); 0, the default, waits as long as it takes (with a warning
+            every 30 s).
 
     Example:
         >>> import torch, shmqueue as sq
@@ -155,6 +165,10 @@ class Queue(IterableDataset[Subject]):
             )
         if len(subjects) == 0:
             raise ValueError("The queue needs at least one subject")
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout < 0:
+            raise ValueError(f"timeout must be a number of seconds >= 0, got {timeout!r}")
+        self.timeout = float(timeout)
+        self._owner_pid = os.getpid()
         self.subjects = subjects
         self.sampler = patch_sampler
         self.transform = transform
@@ -272,7 +286,7 @@ class Queue(IterableDataset[Subject]):
             pin_memory=pin_memory,
             patches_per_volume=self.patches_per_volume,
             measure=measure,
-            images={field.name: (field.channels, field.dtype) for field in self.layout.fields},
+            images=self.layout.images,
             multiprocessing_context=self._context,
         )
 
@@ -314,7 +328,9 @@ class Queue(IterableDataset[Subject]):
         """One epoch of patch Subjects (copies; nothing points into shared memory)."""
         plan = self._begin_epoch()
         if self.num_workers == 0:
-            yield from self._in_process_patches(plan)
+            for patch in self._in_process_patches(plan):
+                yield patch
+                self._check_live(plan)
             return
         coordinator = self._start_engine(plan)
         patches: list[Subject] = []
@@ -348,6 +364,7 @@ class Queue(IterableDataset[Subject]):
             if count == 0 or (drop_last and count < batch_size):
                 return
             yield builder.build()
+            self._check_live(plan)
 
     # Lifecycle ------------------------------------------------------------------------------------
 
@@ -415,13 +432,18 @@ class Queue(IterableDataset[Subject]):
         layout = SlotLayout.build(self.sampler.patch_size, images, self.max_length)
         return counts, layout
 
-    def _preflight(self, check_memory: bool) -> None:
-        """Contract 9: a plan that cannot fit fails now, before anything is allocated."""
-        estimate = self.estimate_memory()
+    def _preflight(self) -> None:
+        """Contract 9: a plan that cannot fit fails before anything is allocated.
+
+        Checked at construction and again right before the engine makes its ring and workers,
+        against the memory available then: queues built together (training and validation) may
+        each fit alone but not together. The estimate is the construction's; only the machine's
+        capacity is read anew.
+        """
         # This process, its subjects and the libraries exist already; helpers and copies do not.
-        coordinator = estimate.coordinator
+        coordinator = self._memory.coordinator
         resident = coordinator.total - coordinator.helpers - coordinator.copy_on_write
-        preflight(estimate, self.backend, check_memory, resident=resident)
+        preflight(self._memory, self.backend, self._check_memory, resident=resident)
 
     def _plan(self, epoch: int, upcoming: bool = False) -> EpochPlan:
         sharded = predictable_sampler(self.subject_sampler)
@@ -442,6 +464,7 @@ class Queue(IterableDataset[Subject]):
         )
 
     def _begin_epoch(self) -> EpochPlan:
+        self._check_process()
         if self._closed_reason is not None:
             raise QueueClosedError(f"The queue cannot be iterated: {self._closed_reason}.")
         plan = self._plan(self._epoch)
@@ -449,10 +472,48 @@ class Queue(IterableDataset[Subject]):
         if sharded is not None:
             warn_equalized(plan, sharded)
         self._epoch += 1
+        self._live_plan = plan
         return plan
+
+    def _check_process(self) -> None:
+        """Only the process that built the queue may run its engine (DESIGN.md, contract 7)."""
+        if get_worker_info() is not None:
+            raise ForeignProcessError(
+                "A shmqueue Queue is being iterated inside a torch DataLoader worker: each worker"
+                " would run its own copy of the queue (and its own worker processes). Iterate it"
+                " with shmqueue.SubjectsLoader(queue, batch_size=...), or a DataLoader with"
+                " num_workers=0, and set the loading processes with Queue(num_workers=...)."
+            )
+        if os.getpid() != self._owner_pid:
+            raise ForeignProcessError(
+                f"This Queue was built in process {self._owner_pid} and cannot be used in process"
+                f" {os.getpid()} (a fork of it): only the process that built a queue runs its"
+                " workers. Build the queue in the process that iterates it."
+            )
+
+    def _check_live(self, plan: EpochPlan) -> None:
+        """Contract 1: an iterator resumed after a newer iteration began raises, never shares.
+
+        The queue runs one epoch at a time, so two live iterators would split an epoch's patches
+        between them (or cut one short). Called each time an iterator resumes, before it takes
+        anything; an iterator that is abandoned, never resumed, raises nothing.
+        """
+        live = self._live_plan
+        if live is plan:
+            return
+        assert live is not None  # set by _begin_epoch before any iterator resumes
+        raise ConcurrentIterationError(
+            f"This iterator over the queue was iterating epoch {plan.epoch}, but a newer"
+            f" iteration of the same queue started epoch {live.epoch}: two iterators over one queue"
+            " would split the epoch's patches between them. Finish (or delete) the first"
+            " iterator before starting another and iterate the queue through one"
+            " SubjectsLoader, or build a second Queue for a second stream of patches (e.g."
+            " validation)."
+        )
 
     def _start_engine(self, plan: EpochPlan) -> Coordinator:
         if self._coordinator is None:
+            self._preflight()  # memory may have gone since construction, e.g. to another queue
             self._coordinator = Coordinator(
                 self._pipeline,
                 self.layout,
@@ -460,6 +521,7 @@ class Queue(IterableDataset[Subject]):
                 self._context,
                 self.backend,
                 self.deterministic,
+                self.timeout,
             )
         # The next epoch can be prefetched only if its order is ours to know in advance.
         sharded = predictable_sampler(self.subject_sampler)
@@ -479,6 +541,14 @@ class Queue(IterableDataset[Subject]):
         try:
             return call(*args)
         except BaseException as error:
+            if self._closed_reason is not None and not isinstance(
+                error, (ShmqueueError, KeyboardInterrupt)
+            ):
+                # close() ran during the call (a signal handler, another thread): the engine's
+                # pipes went away under it, which is the closing, not a failure of its own.
+                raise QueueClosedError(
+                    f"The queue cannot be iterated: {self._closed_reason}."
+                ) from error
             self._shut_down(f"it was shut down after {type(error).__name__}: {error}")
             raise
 
@@ -520,6 +590,8 @@ class Queue(IterableDataset[Subject]):
             yield patch
 
     def _with_layout_dtypes(self, patch: Subject) -> Subject:
+        """The patch in the ring's dtypes, as a worker's copy into a slot casts it (the pipeline
+        has checked that the images fit: a dtype the ring's holds, or a float rounded)."""
         for field in self.layout.fields:
             image = patch[field.name]
             if image.data.dtype != field.dtype:

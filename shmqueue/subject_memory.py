@@ -16,7 +16,7 @@ import multiprocessing
 import struct
 import sys
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
@@ -431,10 +431,12 @@ def measure_pipeline(
     infos: Sequence[tuple[ImageInfo, ...]],
     transform: SubjectTransform | None,
     sampler: PatchSampler,
+    images: Mapping[str, ImageSpec],
     patches_per_volume: int,
     start_method: str,
 ) -> int:
-    """Peak bytes above its start of a fresh process running the largest subjects' pipeline."""
+    """Peak bytes above its start of a fresh process running the largest subjects' pipeline
+    (for a ring holding ``images``, as :class:`~shmqueue.pipeline.SubjectPipeline` takes them)."""
     if not sys.platform.startswith("linux"):
         raise NotImplementedError("measure=True reads /proc, so it works on Linux only")
     sizes = [sum(info.raw_bytes + info.loaded_bytes for info in row) for row in infos]
@@ -448,7 +450,7 @@ def measure_pipeline(
     reader, writer = context.Pipe(duplex=False)
     process = context.Process(  # type: ignore[attr-defined]
         target=_measure_child,
-        args=(SubjectPipeline(subjects, transform, sampler), tasks, writer),
+        args=(SubjectPipeline(subjects, transform, sampler, images), tasks, writer),
         name="shmqueue-memory-measure",
         daemon=True,
     )

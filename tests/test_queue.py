@@ -6,30 +6,38 @@ table also run with two workers, since a user meets both through the same API.
 
 from __future__ import annotations
 
+import gc
 import pickle
+import sys
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import psutil
 import pytest
 import torch
 
+from shmqueue import memory
 from shmqueue.batch import Batch
 from shmqueue.errors import (
+    ConcurrentIterationError,
     ImageFileError,
     ImageFileNotFoundError,
     InvalidImageError,
+    MemoryBudgetError,
     PatchSizeError,
     QueueClosedError,
     SamplingError,
     SubjectError,
     SubjectProcessingError,
+    TransformOutputError,
 )
 from shmqueue.image import LabelMap, ScalarImage
 from shmqueue.loader import SubjectsLoader
+from shmqueue.machine import MemoryCapacity
 from shmqueue.pipeline import SubjectPipeline
 from shmqueue.plan import SeedPurpose, SubjectTask, derive_seed
 from shmqueue.queue import Queue
@@ -37,7 +45,7 @@ from shmqueue.sampling.base import PATCH_LOCATION_KEY, PatchLocation, PatchSampl
 from shmqueue.sampling.uniform import UniformSampler
 from shmqueue.sampling.weighted import LabelSampler, WeightedSampler
 from shmqueue.subject import Subject
-from shmqueue.transforms import Compose, Flip, Noise
+from shmqueue.transforms import Compose, Flip, Lambda, Noise, SubjectTransform
 
 MakeNifti = Callable[..., Path]
 PPV = 3  # patches per volume in most tests
@@ -280,7 +288,7 @@ def transformed(
     """Recompute a subject's augmented volume and patch locations from the queue's seed."""
     seed = derive_seed(queue.seed, SeedPurpose.SUBJECT, epoch_index, subject_index, 0)
     task = SubjectTask(epoch_index, 0, subject_index, 0, queue.patches_per_volume, seed)
-    pipeline = SubjectPipeline(queue.subjects, queue.transform, queue.sampler)
+    pipeline = SubjectPipeline(queue.subjects, queue.transform, queue.sampler, queue.layout.images)
     return pipeline.run(task)
 
 
@@ -587,3 +595,274 @@ def test_bad_input_fails_loudly_naming_the_subject(
     assert not missing, f"{missing} not in: {message}"
     if case.cause is not None:
         assert isinstance(raised.value.__cause__, case.cause)
+
+
+# Transform output: what the ring holds, checked in one place for both paths ----------------------
+
+
+def first_channel(data: torch.Tensor) -> torch.Tensor:
+    return data[:1]
+
+
+def doubled_channels(data: torch.Tensor) -> torch.Tensor:
+    return torch.cat([data, data])
+
+
+def as_int64(data: torch.Tensor) -> torch.Tensor:
+    return data.to(torch.int64)
+
+
+def as_float32(data: torch.Tensor) -> torch.Tensor:
+    return data.to(torch.float32)
+
+
+def as_float64(data: torch.Tensor) -> torch.Tensor:
+    return data.to(torch.float64)
+
+
+def with_mask(subject: Subject) -> Subject:
+    subject = subject.copy()
+    subject["mask"] = subject.seg.with_data((subject.seg.data > 0).to(torch.uint8))
+    return subject
+
+
+def without_seg(subject: Subject) -> Subject:
+    subject = subject.copy()
+    del subject["seg"]
+    return subject
+
+
+def two_channel_subjects() -> list[Subject]:
+    """Three subjects of a two-channel float32 image and a uint8 label map."""
+    generator = torch.Generator().manual_seed(0)
+    return [
+        Subject(
+            t1=ScalarImage(torch.rand(2, 16, 16, 16, generator=generator)),
+            seg=LabelMap((torch.rand(1, 16, 16, 16, generator=generator) > 0.5).to(torch.uint8)),
+            name=f"sub-{index:02d}",
+        )
+        for index in range(3)
+    ]
+
+
+@dataclass(frozen=True)
+class OutputMismatch:
+    """A transform step whose output the ring cannot hold, and what the error must say."""
+
+    step: SubjectTransform
+    says: tuple[str, ...]
+
+
+OUTPUT_MISMATCHES = {
+    "channels-reduced": OutputMismatch(
+        Lambda(first_channel, (ScalarImage,)),
+        (
+            "image 't1' is 1 channel of torch.float32 after the transform",
+            "holds 2 channels of torch.float32",
+            "transform step 2 (Lambda) changed it",
+            "changes their channels",
+        ),
+    ),
+    "channels-added": OutputMismatch(
+        Lambda(doubled_channels, (ScalarImage,)),
+        ("image 't1' is 4 channels of torch.float32", "holds 2 channels", "step 2 (Lambda)"),
+    ),
+    "image-added": OutputMismatch(
+        with_mask,
+        (
+            "image 'mask' is 1 channel of torch.uint8 after the transform",
+            "has no place for it",
+            "transform step 2 (with_mask) added it",
+            "adds or removes images",
+        ),
+    ),
+    "image-removed": OutputMismatch(
+        without_seg,
+        (
+            "image 'seg' is absent after the transform",
+            "holds 1 channel of torch.uint8",
+            "transform step 2 (without_seg) removed it",
+        ),
+    ),
+    "dtype-narrowed": OutputMismatch(
+        Lambda(as_int64, (LabelMap,)),
+        (
+            "image 'seg' is 1 channel of torch.int64 after the transform",
+            "holds 1 channel of torch.uint8",
+            "cannot hold torch.int64 values",
+            "cast the image back to torch.uint8",
+        ),
+    ),
+    "label-map-made-float": OutputMismatch(
+        Lambda(as_float32, (LabelMap,)),
+        ("image 'seg' is 1 channel of torch.float32", "cannot hold torch.float32 values"),
+    ),
+}
+
+
+@pytest.mark.parametrize("case", OUTPUT_MISMATCHES.values(), ids=OUTPUT_MISMATCHES.keys())
+def test_a_transform_output_the_ring_cannot_hold_fails_alike_in_both_paths(
+    case: OutputMismatch,
+) -> None:
+    """Never a broadcast channel, a dropped image or a wrapped value: the same error in both."""
+    causes = []
+    for num_workers in (0, 2):
+        # One subject in flight at a time (max_length == patches_per_volume): subject 0 fails.
+        with (
+            Queue(
+                two_channel_subjects(),
+                UniformSampler(None, 8),
+                max_length=2,
+                patches_per_volume=2,
+                num_workers=num_workers,
+                shuffle_subjects=False,
+                transform=Compose([Flip(axes=(0,)), case.step]),
+                seed=0,
+            ) as queue,
+            pytest.raises(SubjectProcessingError) as raised,
+        ):
+            list(SubjectsLoader(queue, batch_size=2))
+        cause = raised.value.__cause__
+        assert isinstance(cause, TransformOutputError)
+        assert str(cause) in str(raised.value)
+        causes.append(str(cause))
+    assert causes[0] == causes[1]
+    expected = ("subject 0 'sub-00'", *case.says)
+    missing = [fragment for fragment in expected if fragment not in causes[0]]
+    assert not missing, f"{missing} not in: {causes[0]}"
+
+
+def test_float_output_is_rounded_to_the_ring_alike_in_both_paths() -> None:
+    """A float64 result (a numpy-based transform) fits a float32 ring, as it always did."""
+    epochs = []
+    for num_workers in (0, 2):
+        with Queue(
+            two_channel_subjects(),
+            UniformSampler(None, 8),
+            max_length=4,
+            patches_per_volume=2,
+            num_workers=num_workers,
+            transform=Lambda(as_float64, (ScalarImage,)),
+            deterministic=True,
+            seed=0,
+        ) as queue:
+            epochs.append(list(SubjectsLoader(queue, batch_size=3)))
+    for in_process, engine in zip(*epochs, strict=True):
+        assert in_process.t1.data.dtype == engine.t1.data.dtype == torch.float32
+        assert torch.equal(in_process.t1.data, engine.t1.data)
+        assert torch.equal(in_process.seg.data, engine.seg.data)
+
+
+# Concurrent iterators -----------------------------------------------------------------------------
+
+
+def concurrent_queue(subjects: list[Subject], num_workers: int) -> Queue:
+    return Queue(
+        subjects,
+        UniformSampler(None, 8),
+        max_length=6,
+        patches_per_volume=PPV,
+        num_workers=num_workers,
+        seed=0,
+    )
+
+
+def check_superseded(iterator: Iterator[object]) -> None:
+    with pytest.raises(ConcurrentIterationError) as raised:
+        next(iterator)
+    message = str(raised.value)
+    for fragment in ("iterating epoch 0", "started epoch 1", "split", "SubjectsLoader", "Queue"):
+        assert fragment in message, f"{fragment!r} not in: {message}"
+
+
+def batch_names(batches: Iterable[Batch]) -> Counter[str]:
+    return Counter(name for batch in batches for name in batch.name)
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_a_second_loader_supersedes_the_first(
+    tensor_subjects: list[Subject], num_workers: int
+) -> None:
+    """Two loaders over one queue never split an epoch: the older one raises on its next step."""
+    with concurrent_queue(tensor_subjects, num_workers) as queue:
+        first = iter(SubjectsLoader(queue, batch_size=4))
+        second = iter(SubjectsLoader(queue, batch_size=4))
+        taken = [next(first), next(second)]
+        check_superseded(first)
+        assert batch_names([taken[1], *second]) == {f"s{i}": PPV for i in range(5)}
+        assert batch_names(SubjectsLoader(queue, batch_size=4)) == {f"s{i}": PPV for i in range(5)}
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_a_patch_iterator_supersedes_a_batch_iterator(
+    tensor_subjects: list[Subject], num_workers: int
+) -> None:
+    with concurrent_queue(tensor_subjects, num_workers) as queue:
+        batches = queue.batches(4)
+        next(batches)
+        patches = iter(queue)
+        yielded = [next(patches)]
+        check_superseded(batches)
+        yielded.extend(patches)
+        assert Counter(names(yielded)) == {f"s{i}": PPV for i in range(5)}
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_an_abandoned_iterator_raises_nothing(
+    tensor_subjects: list[Subject], num_workers: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Breaking out of an epoch, or dropping an iterator unfinished, is normal training."""
+    unraisable: list[object] = []
+    monkeypatch.setattr(sys, "unraisablehook", unraisable.append)
+    complete = {f"s{i}": PPV for i in range(5)}
+    with concurrent_queue(tensor_subjects, num_workers) as queue:
+        abandoned = iter(queue)
+        next(abandoned)
+        loader = SubjectsLoader(queue, batch_size=4)
+        for number, _ in enumerate(loader):
+            if number == 1:
+                break
+        for _ in range(2):
+            assert batch_names(loader) == complete
+        del abandoned
+        gc.collect()
+        assert Counter(names(epoch(queue))) == complete
+    assert not unraisable
+
+
+# Memory, checked again when the ring is allocated -------------------------------------------------
+
+
+def child_pids() -> set[int]:
+    return {child.pid for child in psutil.Process().children(recursive=True)}
+
+
+def test_a_ring_that_no_longer_fits_is_refused_before_anything_starts(
+    nifti_subjects: list[Subject], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A training and a validation queue that each fit alone: the second engine is refused."""
+
+    def build(check_memory: bool = True) -> Queue:
+        return Queue(
+            nifti_subjects,
+            UniformSampler(None, 8),
+            max_length=8,
+            patches_per_volume=4,
+            num_workers=2,
+            check_memory=check_memory,
+            seed=0,
+        )
+
+    with build() as training, build() as validation:  # both admitted while memory was free
+        next(iter(training))  # training's ring and workers now hold memory
+        workers = child_pids()
+        # What the training queue left: room for the validation ring, not for its workers.
+        short = MemoryCapacity(2 * validation.layout.ring_bytes, None, "test: what is left")
+        monkeypatch.setattr(memory, "memory_capacity", lambda: short)
+        with pytest.raises(MemoryBudgetError, match=r"The plan needs .* is available \(test"):
+            next(iter(validation))
+        assert child_pids() == workers, "a worker was started for a ring that does not fit"
+        with build(check_memory=False) as unchecked:  # the ring alone fits: admitted
+            assert len(list(unchecked)) == len(unchecked)
+        monkeypatch.undo()  # memory freed: the refused queue was left whole, and now runs
+        assert len(list(validation)) == len(validation)
