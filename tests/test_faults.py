@@ -27,6 +27,33 @@ from typing import Any
 
 import pytest
 import torch
+from fault_cases_engine import (
+    TIMEOUT,
+    close_from_a_signal_handler,
+    close_with_sigchld_ignored,
+    closed_ring_held_by_later_workers,
+    dataloader_workers_iterate,
+    forked_child_exits,
+    named_ring_killed_during_start_up,
+    orphaned_beside_a_manager,
+    orphaned_while_stopped,
+    start_up_cannot_unpickle,
+    worker_dies_between_epochs,
+    worker_stuck,
+)
+from fault_cases_files import (
+    check_file_changed,
+    check_out_of_memory,
+    file_changed_between_epochs,
+    out_of_memory_while_inflating,
+)
+from fault_cases_queue import (
+    check_second_iterator_started,
+    check_transform_changes_channels,
+    second_iterator_started,
+    second_ring_does_not_fit,
+    transform_changes_channels,
+)
 
 import shmqueue as sq
 from shmqueue.errors import RemoteTraceback
@@ -355,14 +382,16 @@ def _training_process_killed(setup: Setup, whole_group: bool) -> None:
             workers: dict[str, list[int]] = json.loads(line)
             pids = workers["memfd"] + workers["named"]
             assert len(set(pids)) == 4
-            # The named ring was unlinked once its workers had mapped it: nothing to leak.
+            # The named ring was unlinked as soon as it was made: nothing to leak.
             prefix = f"shmqueue-{training.pid}-"
             assert not [name for name in os.listdir("/dev/shm") if name.startswith(prefix)]
             for pid in workers["named"]:
                 maps = Path(f"/proc/{pid}/maps").read_text()
                 assert f"/dev/shm/{prefix}" in maps and "(deleted)" in maps
             for pid in workers["memfd"]:
-                assert "memfd:shmqueue-ring (deleted)" in Path(f"/proc/{pid}/maps").read_text()
+                assert (
+                    f"memfd:shmqueue-ring-{training.pid}-" in Path(f"/proc/{pid}/maps").read_text()
+                )
         finally:
             if whole_group:
                 os.killpg(training.pid, signal.SIGKILL)
@@ -430,6 +459,72 @@ FAULTS = (
     ),
     Fault(training_process_group_sigkilled, "mid-epoch", FORK, None),
     Fault(training_process_sigkilled, "mid-epoch", ("fork", "forkserver"), None),
+    # Issue 12: processes and descriptors
+    Fault(forked_child_exits, "between epochs", FORK, None),
+    Fault(
+        dataloader_workers_iterate, "at the first batch", FORK, sq.ForeignProcessError,
+        r"inside a torch DataLoader worker.*shmqueue\.SubjectsLoader",
+    ),
+    Fault(orphaned_beside_a_manager, "mid-subject", ALL, None),
+    Fault(orphaned_while_stopped, "mid-subject", ("fork", "spawn"), None),
+    Fault(
+        worker_dies_between_epochs, "between epochs", ALL, sq.WorkerDiedError,
+        r"Worker 0 \(pid \d+\) was killed by SIGKILL .*out-of-memory",
+    ),
+    Fault(closed_ring_held_by_later_workers, "after close()", FORK, None),
+    Fault(named_ring_killed_during_start_up, "at start-up", ("spawn",), None),
+    Fault(close_with_sigchld_ignored, "at close()", FORK, None),
+    Fault(
+        close_from_a_signal_handler, "while the consumer waits", FORK, sq.QueueClosedError,
+        "the queue was closed",
+    ),
+    Fault(
+        worker_stuck, "mid-subject", FORK, sq.WorkerTimeoutError,
+        r"No worker reported for 2 s \(timeout=2\) while processing subject 1 'sub-01'",
+        detect_within=TIMEOUT + PROMPT,
+    ),
+    Fault(
+        start_up_cannot_unpickle, "at start-up", ("spawn", "forkserver"), sq.WorkerStartError,
+        r"could not start under the '\w+' start method: ModuleNotFoundError: No module named"
+        r" 'vanishing_transforms'.*__name__ == \"__main__\"",
+        detect_within=60.0,  # spawn imports torch in every worker first
+    ),
+    # Issue 12: what the queue checks
+    Fault(
+        transform_changes_channels, "mid-epoch", ALL, sq.SubjectProcessingError,
+        r"TransformOutputError: subject 2 'sub-02' .*: image 't1' is 2 channels of torch\.float32"
+        r" after the transform, but the ring of patch slots \(laid out before any transform\)"
+        r" holds 1 channel of torch\.float32; transform step 2 \(DoubleChannelsOf\) changed it",
+        check=check_transform_changes_channels,
+    ),
+    Fault(
+        second_iterator_started, "mid-epoch", FORK, sq.ConcurrentIterationError,
+        r"iterating epoch 0, but a newer iteration of the same queue started epoch 1: two"
+        r" iterators over one queue would split",
+        check=check_second_iterator_started,
+    ),
+    Fault(
+        second_ring_does_not_fit, "at the second queue's first iteration", FORK,
+        sq.MemoryBudgetError,
+        r"The plan needs .* but .* is available \(as the training queue left it\)",
+    ),
+    # Issue 12: files
+    Fault(
+        file_changed_between_epochs, "between epochs", ALL, sq.SubjectProcessingError,
+        r"Worker \d failed on subject 4 'sub-04' .* in epoch 1:"
+        r" shmqueue\.errors\.ImageChangedError: Image file '.*t1_4\.nii\.gz'"
+        r" changed since the queue was built .*:"
+        r" shape \(40, 36, 32\) -> \(32, 36, 40\)\..*Rebuild the subjects and the queue",
+        check=check_file_changed,
+    ),
+    Fault(
+        out_of_memory_while_inflating, "mid-epoch", ALL, sq.SubjectProcessingError,
+        r"Worker \d failed on subject 4 'sub-04' .* in epoch 1:"
+        r" shmqueue\.errors\.ImageMemoryError: Out of memory while loading '.*t1_4\.nii\.gz':"
+        r" it needs 270\.0 KiB .*RAM available"
+        r".*ulimit -v.*Lower num_workers",
+        check=check_out_of_memory,
+    ),
 )  # fmt: skip
 
 
