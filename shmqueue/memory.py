@@ -664,10 +664,16 @@ def budget_problems(
             if changes
             else "Even the smallest max_length and fewer workers would not fit: free memory"
         )
+        # The largest subject sets every worker's peak: name it and its files, since a header
+        # that claims a huge volume (or a wrong one) is where such a plan usually comes from.
+        peak = (
+            f" Each subject-processing process peaks at {pretty_bytes(estimate.worker.total)},"
+            f" set by {estimate.worker.subject}."
+        )
         problems.append(
             f"The plan needs {pretty_bytes(total)} for {scope} but"
             f" {pretty_bytes(capacity.available)} is available ({capacity.description})."
-            f" {advice}; in a container, raise its memory limit."
+            f"{peak} {advice}; in a container, raise its memory limit."
         )
     return problems
 

@@ -4,6 +4,7 @@ the model's terms for each kind of input, and the preflight that fails before an
 from __future__ import annotations
 
 import dataclasses
+import gzip
 import json
 import os
 from collections.abc import Callable
@@ -338,6 +339,20 @@ def test_named_backend_is_bounded_by_dev_shm(tensor_subjects: list[sq.Subject]) 
     with pytest.raises(sq.MemoryBudgetError) as raised:
         preflight(estimate, "named", check_memory=False, capacity=capacity)
     assert raised.value.estimate is estimate
+
+
+def test_a_huge_header_fails_the_budget_naming_its_file(tmp_path: Path) -> None:
+    """A header that claims 2 PiB (a corrupt or wrong header) is named in the budget error."""
+    header = nib.Nifti2Header()
+    header.set_data_dtype(np.int16)
+    header.set_data_shape((2**17, 2**17, 2**16))
+    path = tmp_path / "huge.nii.gz"
+    path.write_bytes(gzip.compress(header.binaryblock + bytes(4)))  # the header, no voxels
+    subject = sq.Subject(t1=sq.ScalarImage(path), name="sub-huge")
+    with pytest.raises(sq.MemoryBudgetError) as raised:
+        sq.Queue([subject], sq.UniformSampler(None, 16), max_length=4, patches_per_volume=2)
+    message = str(raised.value)
+    assert f"set by subject 0 'sub-huge' (t1: '{path}')" in message
 
 
 def test_per_node_budget_counts_every_rank(tensor_subjects: list[sq.Subject]) -> None:
