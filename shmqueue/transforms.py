@@ -7,18 +7,32 @@ write into their input's tensors; they return a new Subject with new images.
 
 Any callable ``Subject -> Subject`` is accepted wherever a transform is; such a callable gets no
 generator, so it is reproducible only if it is deterministic.
+
+Every transform also describes itself without voxels (:mod:`shmqueue.specs`): its output given
+its input's description, whether it is random, how much of the volume it needs, and what it
+allocates. The queue and the memory estimator ask these questions of each transform
+(:func:`described`), so a new transform is a single class.
 """
 
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
 
 from .image import Image, ScalarImage
+from .specs import (
+    UNKNOWN,
+    VOXELWISE,
+    WHOLE_VOLUME,
+    ImageSpec,
+    Locality,
+    SubjectSpec,
+    Unknown,
+    VolumeCost,
+)
 from .subject import Subject
 from .volumes import empty_volume
 
@@ -48,24 +62,53 @@ def apply_transform(
 
 
 def transform_steps(
-    transform: SubjectTransform | None, generator: torch.Generator
+    transform: SubjectTransform | None, generator: torch.Generator | None = None
 ) -> Iterator[SubjectTransform]:
     """The transforms that applying ``transform`` applies in turn, with Composes unpacked.
 
     Applying the steps one by one gives the same subject as applying ``transform`` (a Compose's
     probability is drawn from ``generator`` at the same point), but the caller then holds only
     the current step's input: a Compose holds its input, the loaded volumes, until its last
-    transform returns, one volume more per image at the peak.
+    transform returns, one volume more per image at the peak. Without a generator, every
+    Compose's steps, as if each Compose happened (what the memory estimator assumes).
     """
     if transform is None:
         return
     if type(transform) is not Compose:
         yield transform
         return
-    if transform.p < 1.0 and torch.rand((), generator=generator).item() >= transform.p:
+    if (
+        generator is not None
+        and transform.p < 1.0
+        and torch.rand((), generator=generator).item() >= transform.p
+    ):
         return
     for inner in transform.transforms:
         yield from transform_steps(inner, generator)
+
+
+def described(transform: SubjectTransform) -> Transform:
+    """What answers for ``transform``'s description: itself if it is a :class:`Transform`, else
+    a Transform that knows nothing of itself (a plain callable cannot say what it does)."""
+    return transform if isinstance(transform, Transform) else _PLAIN_CALLABLE
+
+
+def described_steps(
+    steps: Iterable[SubjectTransform], images: SubjectSpec
+) -> Iterator[tuple[Transform, dict[str, ImageSpec], dict[str, ImageSpec]]]:
+    """Each step, :func:`described`, with the descriptions of its input and its output, the
+    first input being ``images``.
+
+    A step whose output is :data:`~shmqueue.specs.UNKNOWN` is taken to give what it was given:
+    the ring is laid out on the same assumption.
+    """
+    current = dict(images)
+    for step in steps:
+        transform = described(step)
+        output = transform.output_spec(current)
+        following = current if isinstance(output, Unknown) else dict(output)
+        yield transform, current, following
+        current = following
 
 
 class Transform:
@@ -74,8 +117,24 @@ class Transform:
     Subclasses implement :meth:`apply`, which receives a shallow copy of the subject (new Subject
     and Image objects, shared tensors) and must replace images rather than modify tensors.
 
+    A transform also describes itself, without voxels, for the queue and the memory estimator:
+    :meth:`output_spec`, :attr:`is_random`, :attr:`locality` and :meth:`memory_cost`. The base
+    class answers as for a transform it knows nothing of (output unknown, random, the whole
+    volume needed, two volumes of every image at once); a subclass overrides what it can
+    promise, and one that derives from a shmqueue transform inherits that transform's answers.
+
     Args:
         p: probability of applying the transform, in [0, 1].
+
+    Example:
+        >>> import numpy as np, torch, shmqueue as sq
+        >>> from shmqueue.specs import ImageSpec
+        >>> t1 = ImageSpec(sq.ScalarImage, 1, (64, 64, 64), torch.float32, np.eye(4))
+        >>> noise = sq.Noise()
+        >>> noise.output_spec({"t1": t1}) == {"t1": t1}, noise.is_random, noise.locality.margin
+        (True, True, 0)
+        >>> [cost.peak for cost in noise.memory_cost({"t1": t1})] == [t1.nbytes]
+        True
     """
 
     def __init__(self, p: float = 1.0) -> None:
@@ -92,9 +151,47 @@ class Transform:
     def apply(self, subject: Subject, generator: torch.Generator) -> Subject:
         raise NotImplementedError
 
+    # What the transform says of itself ----------------------------------------------------------
+
+    def output_spec(self, images: SubjectSpec) -> dict[str, ImageSpec] | Unknown:
+        """The description of the output, given the input's, by image name; or
+        :data:`~shmqueue.specs.UNKNOWN` if it cannot be told without running the transform."""
+        return UNKNOWN
+
+    @property
+    def is_random(self) -> bool:
+        """Whether two applications to the same subject may differ (with ``p < 1``, always)."""
+        return True
+
+    @property
+    def locality(self) -> Locality:
+        """How much of the volume the transform needs to give a patch's voxels."""
+        return WHOLE_VOLUME
+
+    def memory_cost(self, images: SubjectSpec) -> list[VolumeCost]:
+        """What one application allocates for each image it makes anew, in the order it makes
+        them, given its input's description (images it keeps are not listed)."""
+        return _volume_costs(images, (Image,), peak=2, output=1)
+
     def __repr__(self) -> str:
         fields = ", ".join(f"{key}={value!r}" for key, value in vars(self).items())
         return f"{type(self).__name__}({fields})"
+
+
+_PLAIN_CALLABLE = Transform()
+"""What describes a plain callable: a Transform that knows nothing of itself."""
+
+
+def _volume_costs(
+    images: SubjectSpec, kinds: tuple[type[Image], ...], peak: int, output: int
+) -> list[VolumeCost]:
+    """The costs of a transform that makes a new volume for every image of ``kinds``, with
+    ``peak`` volumes alive at once while it makes one, of which it returns ``output``."""
+    return [
+        VolumeCost(name, peak * spec.nbytes, output * spec.nbytes)
+        for name, spec in images.items()
+        if issubclass(spec.kind, kinds)
+    ]
 
 
 def _replace_images(
@@ -126,6 +223,37 @@ class Compose(Transform):
             subject = apply_transform(transform, subject, generator)
         return subject
 
+    def output_spec(self, images: SubjectSpec) -> dict[str, ImageSpec] | Unknown:
+        """The last step's output, each step given the previous one's; unknown if any step's is."""
+        current: dict[str, ImageSpec] | Unknown = dict(images)
+        for transform in self.transforms:
+            if isinstance(current, Unknown):
+                return UNKNOWN
+            current = described(transform).output_spec(current)
+        return current
+
+    @property
+    def is_random(self) -> bool:
+        return self.p < 1.0 or any(described(step).is_random for step in self.transforms)
+
+    @property
+    def locality(self) -> Locality:
+        """The steps' localities in turn (see :meth:`~shmqueue.specs.Locality.then`)."""
+        combined = VOXELWISE
+        for step in self.transforms:
+            combined = combined.then(described(step).locality)
+        return combined
+
+    def memory_cost(self, images: SubjectSpec) -> list[VolumeCost]:
+        """Every step's volumes, as if all stayed alive until the Compose returns: what it costs
+        applied as one step. The queue applies a Compose step by step, freeing each step's input
+        (:func:`transform_steps`), and the estimator counts it that way."""
+        return [
+            cost
+            for step, inputs, _ in described_steps(self.transforms, images)
+            for cost in step.memory_cost(inputs)
+        ]
+
 
 class Flip(Transform):
     """Reverse the images along the given spatial axes (0, 1, 2 for X, Y, Z).
@@ -144,6 +272,23 @@ class Flip(Transform):
     def apply(self, subject: Subject, generator: torch.Generator) -> Subject:
         dims = tuple(axis + 1 for axis in self.axes)
         return _replace_images(subject, lambda data: _flipped(data, dims), (Image,))
+
+    def output_spec(self, images: SubjectSpec) -> dict[str, ImageSpec]:
+        """The input's: the voxels move, the grid and its affine stay."""
+        return dict(images)
+
+    @property
+    def is_random(self) -> bool:
+        return self.p < 1.0
+
+    @property
+    def locality(self) -> Locality:
+        """A patch's voxels come from its mirror image: a coordinate mapping, no neighbourhood."""
+        return Locality(0, moves_voxels=True)
+
+    def memory_cost(self, images: SubjectSpec) -> list[VolumeCost]:
+        """One copy of every image."""
+        return _volume_costs(images, (Image,), peak=1, output=1)
 
 
 def _flipped(data: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
@@ -176,8 +321,38 @@ class Noise(Transform):
 
         return _replace_images(subject, add_noise, (ScalarImage,))
 
+    def output_spec(self, images: SubjectSpec) -> dict[str, ImageSpec]:
+        return dict(images)
 
-class ZNormalization(Transform):
+    @property
+    def locality(self) -> Locality:
+        return VOXELWISE
+
+    def memory_cost(self, images: SubjectSpec) -> list[VolumeCost]:
+        """One noise volume per scalar image, to which the image is added in place."""
+        return _volume_costs(images, (ScalarImage,), peak=1, output=1)
+
+
+class _IntensityMap(Transform):
+    """A deterministic map of each scalar image's voxels through statistics of the whole image:
+    the same grid and dtype out; two volumes alive at once (``data - mean``, then ``/ std``)."""
+
+    def output_spec(self, images: SubjectSpec) -> dict[str, ImageSpec]:
+        return dict(images)
+
+    @property
+    def is_random(self) -> bool:
+        return self.p < 1.0
+
+    @property
+    def locality(self) -> Locality:
+        return Locality(0, statistics=True)
+
+    def memory_cost(self, images: SubjectSpec) -> list[VolumeCost]:
+        return _volume_costs(images, (ScalarImage,), peak=2, output=1)
+
+
+class ZNormalization(_IntensityMap):
     """Standardise each channel of each scalar image to zero mean and unit variance.
 
     A constant channel is only centred (its standard deviation is zero).
@@ -193,7 +368,7 @@ class ZNormalization(Transform):
         return _replace_images(subject, standardise, (ScalarImage,))
 
 
-class RescaleIntensity(Transform):
+class RescaleIntensity(_IntensityMap):
     """Map each scalar image's intensity range linearly onto ``out_min_max``.
 
     A constant image becomes ``out_min`` everywhere.
@@ -235,5 +410,17 @@ class Lambda(Transform):
         self.types_to_apply = types_to_apply
 
     def apply(self, subject: Subject, generator: torch.Generator) -> Subject:
-        kinds: tuple[Any, ...] = self.types_to_apply or (Image,)
-        return _replace_images(subject, self.function, kinds)
+        return _replace_images(subject, self.function, self._kinds)
+
+    @property
+    def _kinds(self) -> tuple[type[Image], ...]:
+        return self.types_to_apply or (Image,)
+
+    @property
+    def is_random(self) -> bool:
+        """Only through ``p``: the function gets no generator (it must be deterministic)."""
+        return self.p < 1.0
+
+    def memory_cost(self, images: SubjectSpec) -> list[VolumeCost]:
+        """Two volumes of every image it applies to at once, one of which it returns."""
+        return _volume_costs(images, self._kinds, peak=2, output=1)

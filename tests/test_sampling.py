@@ -1,4 +1,5 @@
-"""Uniform, Weighted and Label samplers, PatchLocation and extract_patch."""
+"""Uniform, Weighted and Label samplers, PatchLocation and extract_patch; what every sampler
+says of its working memory."""
 
 from __future__ import annotations
 
@@ -12,9 +13,17 @@ from hypothesis import strategies as st
 
 from shmqueue.errors import PatchSizeError, SamplingError
 from shmqueue.image import LabelMap, ScalarImage
-from shmqueue.sampling.base import PATCH_LOCATION_KEY, PatchLocation, as_patch_size, extract_patch
+from shmqueue.sampling.base import (
+    PATCH_LOCATION_KEY,
+    PatchLocation,
+    PatchSampler,
+    as_patch_size,
+    extract_patch,
+)
+from shmqueue.sampling.grid import GridSampler
 from shmqueue.sampling.uniform import UniformSampler
 from shmqueue.sampling.weighted import LabelSampler, WeightedSampler
+from shmqueue.specs import ImageSpec
 from shmqueue.subject import Subject
 
 Triple = tuple[int, int, int]
@@ -255,3 +264,45 @@ def test_label_sampler_needs_foreground_and_a_label_map() -> None:
         LabelSampler(empty, 3, "t1").locations(empty, 1, seeded(0))
     with pytest.raises(ValueError, match=">= 0"):
         LabelSampler(empty, 3, "seg", label_probabilities={1: -1.0})
+
+
+# Working memory, stated from the subject's description ------------------------------------------
+
+
+def test_samplers_state_their_working_memory() -> None:
+    """Per voxel: drawing from a map holds the float32 map, its float64 crop, their cumulative
+    sum and a boolean test (21 bytes); a map of another dtype is converted to float32 first; a
+    one-hot label map is reduced by an int64 argmax; the grid pads every image at once (and the
+    index-based modes copy the largest once more); a sampler that says nothing is charged as
+    much as the label sampler's worst case."""
+    shape = (10, 8, 6)
+    voxels = 10 * 8 * 6
+
+    def spec(kind: type, channels: int, dtype: torch.dtype) -> ImageSpec:
+        return ImageSpec(kind, channels, shape, dtype, np.eye(4))
+
+    images = {
+        "t1": spec(ScalarImage, 1, torch.float32),
+        "prob": spec(ScalarImage, 5, torch.float64),
+        "seg": spec(LabelMap, 1, torch.uint8),
+        "onehot": spec(LabelMap, 4, torch.uint8),
+    }
+    assert UniformSampler(None, 4).memory_cost(images) == 0
+    assert WeightedSampler(None, 4, "t1").memory_cost(images) == 21 * voxels
+    assert WeightedSampler(None, 4, "prob").memory_cost(images) == (5 * 4 + 4) * voxels
+    assert LabelSampler(None, 4, "seg").memory_cost(images) == 21 * voxels
+    assert LabelSampler(None, 4, "onehot").memory_cost(images) == (21 + 8) * voxels
+    assert GridSampler(None, 4).memory_cost(images) == 0
+    padded = 12 * 10 * 8  # padding_mode pads by half the overlap on each side
+    image_bytes = [1 * 4 * padded, 5 * 8 * padded, 1 * padded, 4 * padded]
+    assert GridSampler(None, 4, 2, "constant").memory_cost(images) == sum(image_bytes)
+    reflected = GridSampler(None, 4, 2, "reflect").memory_cost(images)
+    assert reflected == sum(image_bytes) + max(image_bytes)
+
+    class Unstated(PatchSampler):
+        def locations(
+            self, subject: Subject, num_patches: int, generator: torch.Generator
+        ) -> list[PatchLocation]:
+            return []
+
+    assert Unstated(None, 4).memory_cost(images) == (21 + 8) * voxels

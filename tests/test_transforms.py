@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from itertools import combinations
 
 import numpy as np
@@ -11,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from shmqueue.image import LabelMap, ScalarImage
+from shmqueue.specs import UNKNOWN, VOXELWISE, WHOLE_VOLUME, ImageSpec, Locality
 from shmqueue.subject import Subject
 from shmqueue.transforms import (
     Compose,
@@ -18,9 +20,11 @@ from shmqueue.transforms import (
     Lambda,
     Noise,
     RescaleIntensity,
+    SubjectTransform,
     Transform,
     ZNormalization,
     apply_transform,
+    described,
     transform_steps,
 )
 
@@ -220,3 +224,102 @@ def test_lambda_applies_to_the_requested_kinds() -> None:
 
 def test_repr_names_the_parameters() -> None:
     assert repr(Noise(std=0.2)) == "Noise(p=1.0, mean=0.0, std=0.2)"
+
+
+# What transforms say of themselves -----------------------------------------------------------
+
+SHAPE = (5, 4, 3)
+AFFINE = np.diag([0.5, 1.0, 2.0, 1.0])
+
+
+def described_subject() -> dict[str, ImageSpec]:
+    """The description of :func:`make_subject`'s images, before any voxel is read."""
+    return {
+        "t1": ImageSpec(ScalarImage, 2, SHAPE, torch.float32, AFFINE),
+        "seg": ImageSpec(LabelMap, 1, SHAPE, torch.uint8, AFFINE),
+    }
+
+
+def made_by(transform: Transform) -> dict[str, ImageSpec]:
+    """The description of what ``transform`` actually makes of the subject."""
+    subject = make_subject()
+    for image in subject.images.values():
+        image._header = dataclasses.replace(image.header, affine=AFFINE)
+    output = transform(subject, seeded(0))
+    return {
+        name: ImageSpec(
+            type(image), image.num_channels, image.spatial_shape, image.dtype, image.affine
+        )
+        for name, image in output.images.items()
+    }
+
+
+KNOWN = [Flip(axes=(0, 2)), Noise(), ZNormalization(), RescaleIntensity((0.0, 2.0))]
+
+
+@pytest.mark.parametrize("transform", [*KNOWN, Compose(KNOWN)], ids=repr)
+def test_the_described_output_is_what_the_transform_makes(transform: Transform) -> None:
+    assert transform.output_spec(described_subject()) == made_by(transform)
+
+
+@pytest.mark.parametrize(
+    "transform",
+    [
+        Lambda(lambda data: data[:1]),
+        Transform(),
+        Compose([Flip(), Lambda(lambda data: data), Noise()]),
+    ],
+    ids=repr,
+)
+def test_a_transform_that_cannot_tell_says_unknown(transform: Transform) -> None:
+    assert transform.output_spec(described_subject()) is UNKNOWN
+    assert described(lambda subject: subject).output_spec(described_subject()) is UNKNOWN
+
+
+def test_random_transforms_say_so() -> None:
+    assert Noise().is_random and Transform().is_random
+    assert not Flip().is_random and Flip(p=0.5).is_random
+    assert not ZNormalization().is_random and not RescaleIntensity().is_random
+    assert not Lambda(lambda data: data).is_random
+    assert not Compose([Flip(), ZNormalization()]).is_random
+    assert Compose([Flip(), ZNormalization()], p=0.5).is_random
+    assert Compose([Flip(), Noise()]).is_random
+    assert described(lambda subject: subject).is_random  # a plain callable cannot tell
+
+
+def test_locality_says_how_much_of_the_volume_a_patch_needs() -> None:
+    assert Noise().locality == VOXELWISE
+    assert Flip().locality == Locality(0, moves_voxels=True)
+    assert ZNormalization().locality == Locality(0, statistics=True)
+    assert Lambda(lambda data: data).locality == WHOLE_VOLUME
+    assert not described(lambda subject: subject).locality.patchwise
+    assert Compose([Flip(), Noise(), ZNormalization()]).locality == Locality(
+        0, statistics=True, moves_voxels=True
+    )
+    assert Compose([Noise(), Lambda(lambda data: data)]).locality == WHOLE_VOLUME
+    assert Locality(1).then(Locality(2)) == Locality(3)
+
+
+def test_memory_cost_in_volumes_of_the_images_touched() -> None:
+    """Flip copies every image; Noise makes one volume per scalar image; the intensity maps hold
+    two at once; a Lambda two of the images it applies to; an unknown transform two of all."""
+    images = described_subject()
+    t1, seg = images["t1"].nbytes, images["seg"].nbytes
+
+    def costs(transform: SubjectTransform) -> list[tuple[str, int, int]]:
+        return [(c.image, c.peak, c.output) for c in described(transform).memory_cost(images)]
+
+    assert costs(Flip()) == [("t1", t1, t1), ("seg", seg, seg)]
+    assert costs(Noise()) == [("t1", t1, t1)]
+    assert costs(ZNormalization()) == costs(RescaleIntensity()) == [("t1", 2 * t1, t1)]
+    assert costs(Lambda(lambda data: data, types_to_apply=(LabelMap,))) == [("seg", 2 * seg, seg)]
+    assert costs(lambda subject: subject) == [("t1", 2 * t1, t1), ("seg", 2 * seg, seg)]
+    assert costs(Compose([Flip(), Noise()])) == [*costs(Flip()), *costs(Noise())]
+
+
+def test_transform_steps_without_a_generator_list_every_step() -> None:
+    """What the estimator walks: every Compose unpacked, as if each happened."""
+    flip, noise, normalise = Flip(p=0.5), Noise(), ZNormalization()
+    transform = Compose([flip, Compose([noise], p=0.0), normalise], p=0.0)
+    assert list(transform_steps(transform)) == [flip, noise, normalise]
+    assert list(transform_steps(transform, seeded(0))) == []

@@ -4,6 +4,8 @@ A sampler's core is :meth:`PatchSampler.locations`: given a (loaded, transformed
 count and a generator, it returns where the patches are. Cutting is separate
 (:func:`extract_patch`), so the engine's workers can copy each region straight into a
 shared-memory slot and the in-process path can make patch Subjects; both cut the same regions.
+A sampler also states its working memory (:meth:`PatchSampler.memory_cost`) from the subject's
+description, for the memory estimator.
 """
 
 from __future__ import annotations
@@ -14,12 +16,18 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import PatchSizeError
+from ..specs import SubjectSpec
 from ..subject import Subject
 from ..transforms import fresh_generator
 
 Triple = tuple[int, int, int]
 
 PATCH_LOCATION_KEY = "patch_location"
+
+MAP_DRAW_BYTES = 4 + 8 + 8 + 1
+"""Bytes per voxel of drawing patch centres from a probability map: the float32 map, its
+float64 copy restricted to the valid centres, their cumulative sum, and the test for negative
+values."""
 
 
 def as_patch_size(patch_size: int | Sequence[int]) -> Triple:
@@ -48,6 +56,11 @@ class PatchLocation:
     def stop(self) -> Triple:
         i, j, k = (start + length for start, length in zip(self.index, self.size))
         return (i, j, k)
+
+
+def spatial_voxels(images: SubjectSpec) -> int:
+    """The spatial voxels of a subject's images (which share their grid)."""
+    return next(iter(images.values())).voxels
 
 
 def extract_patch(subject: Subject, location: PatchLocation) -> Subject:
@@ -134,6 +147,16 @@ class PatchSampler:
     def prepare_shape(self, spatial_shape: Triple) -> Triple:
         """The spatial shape after :meth:`prepare` (known from the header alone)."""
         return spatial_shape
+
+    def memory_cost(self, images: SubjectSpec) -> int:
+        """Bytes the sampler holds beyond the subject while it prepares it and draws locations,
+        given the (transformed) subject's description.
+
+        The base class answers for a sampler it knows nothing of: as much as drawing from a
+        probability map made by an argmax over channels (an int64 volume). Subclasses that
+        know better say so.
+        """
+        return (MAP_DRAW_BYTES + 8) * spatial_voxels(images)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(patch_size={self.patch_size})"

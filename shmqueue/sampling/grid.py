@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from ..image import Image, ImageHeader
+from ..specs import SubjectSpec
 from ..subject import Subject
 from .base import PatchLocation, PatchSampler, Triple, as_patch_size, extract_patch
 
@@ -79,7 +80,7 @@ def _pad_image(image: Image, padding: Triple, mode: str) -> Image:
     padded = image.with_data(_pad_data(image.data, padding, mode))
     affine = image.affine.copy()
     affine[:3, 3] -= affine[:3, :3] @ np.asarray(padding, dtype=np.float64)
-    padded._header = ImageHeader(padded.shape, image.header.stored_dtype, affine)
+    padded._header = ImageHeader(padded.shape, image.header.read_dtype, affine)
     return padded
 
 
@@ -164,6 +165,16 @@ class GridSampler(PatchSampler):
                 for key, value in subject.items()
             }
         )
+
+    def memory_cost(self, images: SubjectSpec) -> int:
+        """With padding, every image padded at once (and, for the modes other than
+        ``"constant"``, which gather axis by axis, one more copy of the largest); else nothing."""
+        if self.padding_mode is None:
+            return 0
+        spatial_shape = next(iter(images.values())).spatial_shape
+        padded = math.prod(self.prepare_shape(spatial_shape))
+        sizes = [spec.channels * padded * spec.dtype.itemsize for spec in images.values()]
+        return sum(sizes) + (0 if self.padding_mode == "constant" else max(sizes))
 
     def _grid(self, prepared_shape: Triple) -> tuple[list[int], list[int], list[int]]:
         """The patch starts along each axis of a prepared volume."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from ..specs import SubjectSpec
 from ..subject import Subject
 from .base import PatchLocation, PatchSampler
 
@@ -31,3 +32,7 @@ class UniformSampler(PatchSampler):
             for axis in range(3)
         ]
         return [PatchLocation((i, j, k), self.patch_size) for i, j, k in zip(*starts)]
+
+    def memory_cost(self, images: SubjectSpec) -> int:
+        """Nothing: a few random integers per patch."""
+        return 0

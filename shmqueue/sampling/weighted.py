@@ -13,8 +13,9 @@ import torch
 
 from ..errors import SamplingError
 from ..image import LabelMap
+from ..specs import SubjectSpec
 from ..subject import Subject
-from .base import PatchLocation, PatchSampler
+from .base import MAP_DRAW_BYTES, PatchLocation, PatchSampler, spatial_voxels
 
 
 def _draw_from_map(
@@ -89,6 +90,14 @@ class WeightedSampler(PatchSampler):
         description = f"probability map '{self.probability_map}'"
         return _draw_from_map(self, probability, subject, description, num_patches, generator)
 
+    def memory_cost(self, images: SubjectSpec) -> int:
+        """The map summed over channels (after a float32 copy of a map of another dtype), or
+        the draw from it, whichever is larger."""
+        voxels = spatial_voxels(images)
+        image = images.get(self.probability_map)
+        converted = 0 if image is None or image.dtype.itemsize == 4 else 4 * image.channels * voxels
+        return max(converted + 4 * voxels, MAP_DRAW_BYTES * voxels)
+
 
 class LabelSampler(PatchSampler):
     """Draw patches centred on labelled voxels.
@@ -155,3 +164,11 @@ class LabelSampler(PatchSampler):
                 probability[mask] = weight / float(counts[label])
         description = f"label map '{self.label_name}'"
         return _draw_from_map(self, probability, subject, description, num_patches, generator)
+
+    def memory_cost(self, images: SubjectSpec) -> int:
+        """The draw from the label probability map, after an int64 argmax over the channels of a
+        multi-channel (one-hot) label map."""
+        voxels = spatial_voxels(images)
+        image = images.get(self.label_name)
+        argmax = 8 * voxels if image is not None and image.channels > 1 else 0
+        return argmax + MAP_DRAW_BYTES * voxels
