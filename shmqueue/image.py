@@ -10,6 +10,8 @@ torch tensor shaped ``(C, X, Y, Z)``: float32 for :class:`ScalarImage`, an integ
 from __future__ import annotations
 
 import errno
+import gzip
+import io
 import math
 import os
 import resource
@@ -54,22 +56,35 @@ _FLOAT_LABEL_DTYPE = torch.int32
 
 @dataclass(frozen=True)
 class ImageHeader:
-    """What the header says: channels-first shape, dtype as read (float32 if scaled), affine, and
-    the ``(slope, intercept)`` that scales the stored voxels (``(1.0, 0.0)``: unscaled)."""
+    """What the header says: channels-first shape, the voxels' dtype in the file (native byte
+    order), affine, the ``(slope, intercept)`` that scales the stored voxels (``(1.0, 0.0)``:
+    unscaled), and whether the file is gzip-compressed (``.gz``, as nibabel decides)."""
 
     shape: tuple[int, int, int, int]
     stored_dtype: np.dtype[Any]
     affine: np.ndarray
     scaling: tuple[float, float] = (1.0, 0.0)
+    compressed: bool = False
+
+    @property
+    def scaled(self) -> bool:
+        """Whether the stored voxels are scaled as they are read."""
+        return self.scaling != (1.0, 0.0)
+
+    @property
+    def read_dtype(self) -> np.dtype[Any]:
+        """The dtype voxels are read as: float32 if scaled, else as stored."""
+        return np.dtype(np.float32) if self.scaled else self.stored_dtype
 
     def changes_to(self, now: ImageHeader) -> list[str]:
         """What differs in ``now``, e.g. ``["shape (40, 36, 32) -> (32, 36, 40)"]``; empty if
-        nothing does."""
+        nothing does. The dtype compared is the one voxels are read as, which the ring's layout
+        follows."""
         changes = []
         if now.shape != self.shape:
             changes.append(f"shape {_describe_shape(self.shape)} -> {_describe_shape(now.shape)}")
-        if now.stored_dtype != self.stored_dtype:
-            changes.append(f"dtype {self.stored_dtype} -> {now.stored_dtype}")
+        if now.read_dtype != self.read_dtype:
+            changes.append(f"dtype {self.read_dtype} -> {now.read_dtype}")
         if not np.array_equal(now.affine, self.affine):
             changes.append(
                 f"affine {_describe_affine(self.affine)} -> {_describe_affine(now.affine)}"
@@ -96,10 +111,36 @@ def _file_header(proxy: Any, path: Path) -> ImageHeader:
         float(getattr(proxy.dataobj, "slope", 1.0)),
         float(getattr(proxy.dataobj, "inter", 0.0)),
     )
-    # Scaled voxels load as float32, whatever the file stores (see Image.load()).
-    stored = np.dtype(np.float32) if scaling != (1.0, 0.0) else np.dtype(proxy.get_data_dtype())
+    stored = np.dtype(proxy.get_data_dtype()).newbyteorder("=")
     affine = np.asarray(proxy.affine, np.float64)
-    return ImageHeader(shape, stored.newbyteorder("="), affine, scaling)
+    return ImageHeader(shape, stored, affine, scaling, path.name.endswith(".gz"))
+
+
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+SNIFF_BYTES = 1024  # what nibabel reads to tell a file's format: any NIfTI header fits
+
+
+def _open_nifti_header(path: Path) -> Any | None:
+    """The nibabel image of a single-file NIfTI, with one ``open`` of the file (``nib.load``
+    opens it twice: once to tell its format, once to read its header); None for any other file.
+
+    The format is told as ``nib.load`` tells it, from the same first bytes. The image's voxels
+    cannot be read (its file is closed): it serves for :func:`_file_header` only.
+    """
+    name = str(path)
+    if not name.endswith(NIFTI_SUFFIXES):
+        return None
+    with open(path, "rb") as raw:
+        stream: io.BufferedIOBase = gzip.GzipFile(fileobj=raw) if name.endswith(".gz") else raw
+        sniff: Any = (stream.read(SNIFF_BYTES), name)
+        stream.seek(0)
+        for image_class in nib.imageclasses.all_image_classes:
+            is_valid, sniff = image_class.path_maybe_image(name, sniff)
+            if is_valid:
+                if not issubclass(image_class, nib.Nifti1Image):  # a pair's other file
+                    return None
+                return image_class.from_file_map({"image": nib.FileHolder(name, stream)})
+    return None
 
 
 def _is_out_of_memory(error: BaseException) -> bool:
@@ -274,10 +315,11 @@ class Image:
 
     @property
     def header(self) -> ImageHeader:
-        """Shape, stored dtype and affine, read from the file's header without reading voxels."""
+        """Shape, stored dtype, affine, scaling and compression, read from the file's header
+        without reading voxels (a NIfTI file is opened once for it)."""
         if self._header is None:
             assert self.path is not None
-            self._header = _file_header(self._open(), self.path)
+            self._header = _file_header(self._open(header_only=True), self.path)
         return self._header
 
     @property
@@ -314,7 +356,7 @@ class Image:
         """The dtype of :attr:`data` once loaded (known from the header)."""
         if self._data is not None:
             return self._data.dtype
-        return self._loaded_dtype(self.header.stored_dtype)
+        return self._loaded_dtype(self.header.read_dtype)
 
     # Data -----------------------------------------------------------------------------------
 
@@ -397,8 +439,8 @@ class Image:
 
     def _out_of_memory(self, proxy: Any, header: ImageHeader) -> ImageMemoryError:
         """The error for memory running out while loading, with what was needed and what is left."""
-        stored = math.prod(proxy.shape) * np.dtype(proxy.get_data_dtype()).itemsize
-        loaded_dtype = self._loaded_dtype(header.stored_dtype)
+        stored = math.prod(proxy.shape) * header.stored_dtype.itemsize
+        loaded_dtype = self._loaded_dtype(header.read_dtype)
         loaded = math.prod(header.shape) * loaded_dtype.itemsize
         address_space, _ = resource.getrlimit(resource.RLIMIT_AS)
         limit = (
@@ -460,7 +502,7 @@ class Image:
         image = self.with_data(data)
         source_affine = self.affine if affine is None else affine
         image._header = ImageHeader(
-            image.shape, self.header.stored_dtype, shift_affine(source_affine, index)
+            image.shape, self.header.read_dtype, shift_affine(source_affine, index)
         )
         return image
 
@@ -482,10 +524,13 @@ class Image:
 
     # Subclass hooks ---------------------------------------------------------------------------
 
-    def _open(self) -> Any:
+    def _open(self, header_only: bool = False) -> Any:
+        """The nibabel image of the file; with ``header_only``, possibly one whose voxels cannot
+        be read (see :func:`_open_nifti_header`)."""
         assert self.path is not None
         try:
-            return nib.load(self.path)
+            image = _open_nifti_header(self.path) if header_only else None
+            return nib.load(self.path) if image is None else image
         except FileNotFoundError as error:
             raise self._missing() from error
         except Exception as error:

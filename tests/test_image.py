@@ -392,6 +392,38 @@ def test_load_reads_the_header_once(make_nifti: MakeNifti, monkeypatch: pytest.M
     assert opened == [image.path, image.path]
 
 
+@pytest.mark.parametrize("suffix", [".nii", ".nii.gz"])
+@pytest.mark.parametrize(
+    "variant", ["nifti1", "big-endian", "nifti2", "scaled", "float", "channels", "5d"]
+)
+def test_the_header_read_alone_is_the_one_nibabel_and_load_read(
+    tmp_path: Path, suffix: str, variant: str
+) -> None:
+    """``Image.header`` reads a NIfTI file's header with one ``open`` (the catalog's pass);
+    ``load()`` reads it through ``nib.load`` and refuses the voxels if the two disagree."""
+    data = {
+        "big-endian": volume().astype(">i2"),
+        "float": volume(dtype=np.float32),
+        "channels": volume((6, 5, 4, 3)),
+        "5d": volume((6, 5, 4, 1, 2)),
+    }.get(variant, volume())
+    nifti = (nib.Nifti2Image if variant == "nifti2" else nib.Nifti1Image)(data, AFFINE)
+    if variant == "scaled":
+        nifti.header.set_slope_inter(0.5, 10.0)
+    path = tmp_path / f"{variant}{suffix}"
+    nib.save(nifti, path)
+    header = ScalarImage(path).header
+    reference = nib.load(path)
+    assert header.stored_dtype == reference.get_data_dtype().newbyteorder("=")
+    assert header.scaling == (reference.dataobj.slope, reference.dataobj.inter)
+    assert header.scaled == (variant == "scaled") and header.compressed == (suffix == ".nii.gz")
+    assert np.array_equal(header.affine, reference.affine)
+    image = ScalarImage(path)
+    assert image.header.changes_to(image_module._file_header(reference, path)) == []
+    image.load()  # compares the header it reads with the cached one
+    assert image.data.shape == image.shape
+
+
 # Out of memory while loading ----------------------------------------------------------------------
 
 LIMIT_8_GIB = (8 * 2**30, resource.RLIM_INFINITY)

@@ -25,10 +25,12 @@ from typing import Any, TypeVar
 import numpy as np
 import torch
 
+from ..catalog import patch_count
 from ..image import Image, LabelMap
+from ..pipeline import apply_step
 from ..sampling.base import PATCH_LOCATION_KEY, PatchLocation, PatchSampler
 from ..subject import Subject
-from ..transforms import SubjectTransform, apply_transform
+from ..transforms import SubjectTransform, transform_steps
 from .records import tensor_digest
 from .report import Contract, Failure, Report, SamplerReport, TransformReport
 from .ring_watch import storage_span
@@ -163,13 +165,17 @@ def check_transform(
     """Check a transform against what the queue relies on.
 
     For each seed the transform runs on a copy of ``subject`` with
-    ``torch.Generator().manual_seed(seed)`` (plain callables get no generator, as in the queue),
-    several times, under different global seeds of torch, numpy and ``random``. Checked:
+    ``torch.Generator().manual_seed(seed)``, as the queue runs it (a plain callable with the
+    global generators seeded from that generator; an adapter seeds its library), several times,
+    under different global seeds of torch, numpy and ``random``. Checked:
 
     * it returns a Subject with the same images;
-    * **determinism:** the same generator seed gives the same output, bit for bit;
-    * **no global random state:** the output does not change with a global seed (the failure
-      names the library whose global generator it uses);
+    * **determinism:** the same generator seed gives the same output, bit for bit (not so,
+      e.g., for a MONAI random transform nested in a custom one that does not pass
+      ``set_random_state`` on: :class:`~shmqueue.MonaiAdapter` cannot reach its state);
+    * **no global random state:** the output follows the generator and does not change with a
+      global seed (the failure names the library whose global generator it uses: a
+      :class:`~shmqueue.Transform` that draws from one, which the queue does not seed for it);
     * **shapes and dtypes** of every image are kept (the ring is laid out from the headers);
     * **label values:** a :class:`~shmqueue.LabelMap`'s values after are among those before,
       unless ``keeps_label_values=False``;
@@ -222,9 +228,7 @@ def check_transform(
     before = _snapshot(source)
 
     def run_with(component: SubjectTransform, seed: int) -> Callable[[], Any]:
-        return lambda: apply_transform(
-            component, source.copy(), torch.Generator().manual_seed(seed)
-        )
+        return lambda: _applied(component, source.copy(), seed)
 
     outputs = {}
     for seed in seeds:
@@ -252,6 +256,16 @@ def check_transform(
                 " state is lost or changed by pickling (check __getstate__/__reduce__)",
             )
     return _deduplicated(report)
+
+
+def _applied(transform: SubjectTransform, subject: Subject, seed: int) -> Subject:
+    """``transform`` applied to ``subject`` as the queue applies it with the generator seeded
+    ``seed``: Composes step by step, plain callables with the global generators seeded from the
+    generator (:func:`~shmqueue.pipeline.apply_step`)."""
+    generator = torch.Generator().manual_seed(seed)
+    for step in transform_steps(transform, generator):
+        subject = apply_step(step, subject, generator)
+    return subject
 
 
 def _check_output(
@@ -352,8 +366,7 @@ def check_sampler(
     source = _loaded_copy(subject)
     before = _snapshot(source)
     prepared = sampler.prepare(source.copy())
-    limit = sampler.max_patches(source.spatial_shape)
-    count = num_patches if limit is None else min(num_patches, limit)
+    count = patch_count(sampler, source.spatial_shape, num_patches)
     first_locations = None
     for seed in seeds:
         locations = _check_randomness(
