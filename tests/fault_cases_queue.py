@@ -19,8 +19,8 @@ import psutil
 import torch
 
 import shmqueue as sq
-from shmqueue import memory
 from shmqueue.machine import MemoryCapacity
+from shmqueue.memory import budget
 
 if TYPE_CHECKING:
     from test_faults import Setup
@@ -99,7 +99,7 @@ def second_ring_does_not_fit(setup: Setup) -> None:
     workers = _children()
     # What the training queue left: room for the validation ring, not for its workers.
     short = MemoryCapacity(2 * validation.layout.ring_bytes, None, "as the training queue left it")
-    with mock.patch.object(memory, "memory_capacity", return_value=short):
+    with mock.patch.object(budget, "memory_capacity", return_value=short):
         setup.strike()
         try:
             next(iter(validation))

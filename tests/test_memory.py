@@ -7,6 +7,7 @@ import dataclasses
 import gzip
 import json
 import os
+import signal
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,8 +21,10 @@ import shmqueue as sq
 import shmqueue.memory as memory
 from shmqueue.image import Image
 from shmqueue.machine import MemoryCapacity, cgroup_headroom, return_free_memory
-from shmqueue.memory import PROCESS_BASELINE, preflight
-from shmqueue.subject_memory import _nifti_storage
+from shmqueue.memory import PROCESS_BASELINE, budget, measure, preflight
+from shmqueue.sampling.base import spatial_voxels
+from shmqueue.specs import SubjectSpec
+from shmqueue.testing import check_queue
 
 MiB = 2**20
 
@@ -262,25 +265,79 @@ def test_measure_replaces_the_model(nifti_subjects: list[sq.Subject]) -> None:
     assert worker.total == worker.baseline + worker.subject_list + worker.measured
 
 
-@pytest.mark.parametrize(
-    "header",
-    ["nifti1", "nifti1-big-endian", "nifti2", "scaled", "float-labels"],
-)
-def test_header_parse_agrees_with_nibabel(tmp_path: Path, header: str) -> None:
-    volume = np.arange(6 * 5 * 4, dtype=np.int16).reshape(6, 5, 4)
-    if header == "nifti1-big-endian":
-        volume = volume.astype(">i2")
-    if header == "float-labels":
-        volume = volume.astype(np.float32)
-    image_class = nib.Nifti2Image if header == "nifti2" else nib.Nifti1Image
-    image = image_class(volume, np.eye(4))
-    if header == "scaled":
-        image.header.set_slope_inter(0.5, 10.0)
-    path = tmp_path / f"{header}.nii.gz"
-    nib.save(image, path)
-    loaded = nib.load(path)
-    scaled = loaded.dataobj.slope != 1 or loaded.dataobj.inter != 0
-    assert _nifti_storage(path) == (np.dtype(loaded.get_data_dtype()), scaled)
+def test_a_dying_measuring_process_is_reported_with_its_signal(
+    tensor_subjects: list[sq.Subject], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The measuring process is started, watched and reaped by the pool's code, and its death
+    is told as a worker's: by signal, with the likely cause, naming the subjects it measured."""
+
+    def killed(*_: object) -> None:
+        os.kill(os.getpid(), signal.SIGKILL)  # as the out-of-memory killer would
+
+    monkeypatch.setattr(measure, "_measure_child", killed)
+    with pytest.raises(sq.WorkerDiedError) as raised:
+        sq.estimate_memory(
+            tensor_subjects, 8, num_workers=1, measure=True, multiprocessing_context="fork"
+        )
+    message = str(raised.value)
+    for expected in ("was killed by SIGKILL", "out-of-memory killer", "subject 0 's0'"):
+        assert expected in message
+
+
+class MyFlip(sq.Flip):
+    """A user's Flip: estimated and run as the Flip it derives from, with no edit elsewhere."""
+
+
+class CornerSampler(sq.PatchSampler):
+    """A sampler new to shmqueue: patches at random corners of the volume. It states its own
+    working memory (a float32 volume, say); the estimator asks for it."""
+
+    def locations(
+        self, subject: sq.Subject, num_patches: int, generator: torch.Generator
+    ) -> list[sq.PatchLocation]:
+        self.check_fits(subject)
+        last = [size - patch for size, patch in zip(subject.spatial_shape, self.patch_size)]
+        corners = torch.randint(0, 2, (num_patches, 3), generator=generator).tolist()
+        return [
+            sq.PatchLocation((i * last[0], j * last[1], k * last[2]), self.patch_size)
+            for i, j, k in corners
+        ]
+
+    def memory_cost(self, images: SubjectSpec) -> int:
+        return 4 * spatial_voxels(images)
+
+
+def test_a_new_transform_and_sampler_are_estimated_and_run_without_edits_elsewhere(
+    tensor_subjects: list[sq.Subject],
+) -> None:
+    volume = 24 * 20 * 16 * 4
+
+    def worker(sampler: sq.PatchSampler, transform: sq.Transform | None) -> sq.memory.WorkerPeak:
+        return sq.estimate_memory(
+            tensor_subjects, sampler, num_workers=2, transform=transform
+        ).worker
+
+    flipped = worker(sq.UniformSampler(None, 8), MyFlip(axes=(1,)))
+    assert flipped == worker(sq.UniformSampler(None, 8), sq.Flip(axes=(1,)))
+    assert flipped.transform == volume  # one copy: Flip's cost, not an unknown transform's two
+    cornered = worker(CornerSampler(None, 8), None)
+    assert cornered.sampler == volume and cornered.phase == "sampling"
+
+    def queue() -> sq.Queue:
+        return sq.Queue(
+            tensor_subjects,
+            CornerSampler(None, 8),
+            max_length=8,
+            patches_per_volume=4,
+            num_workers=2,
+            transform=sq.Compose([MyFlip(axes=(0,), p=0.5), sq.Noise(std=0.1)]),
+            multiprocessing_context="fork",
+            seed=0,
+        )
+
+    report = check_queue(queue, epochs=1, batch_size=4)
+    assert report.ok, str(report)
+    assert report.patches == 4 * len(tensor_subjects)
 
 
 def test_preflight_fails_before_anything_is_allocated(
@@ -310,7 +367,7 @@ def test_check_memory_false_skips_only_the_total(
 ) -> None:
     estimate = sq.estimate_memory(tensor_subjects, 8, max_length=10, num_workers=1)
     room = estimate.ring + MiB  # the ring fits, the whole plan does not
-    monkeypatch.setattr(memory, "memory_capacity", lambda: _capacity(room))
+    monkeypatch.setattr(budget, "memory_capacity", lambda: _capacity(room))
 
     def queue(check_memory: bool) -> sq.Queue:
         return sq.Queue(
@@ -325,7 +382,7 @@ def test_check_memory_false_skips_only_the_total(
     with pytest.raises(sq.MemoryBudgetError, match=r"The plan needs .* free memory"):
         queue(check_memory=True)
     queue(check_memory=False).close()
-    monkeypatch.setattr(memory, "memory_capacity", lambda: _capacity(estimate.ring // 2))
+    monkeypatch.setattr(budget, "memory_capacity", lambda: _capacity(estimate.ring // 2))
     with pytest.raises(sq.MemoryBudgetError, match="ring of patch slots"):
         queue(check_memory=False)
 

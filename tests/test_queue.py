@@ -20,7 +20,6 @@ import psutil
 import pytest
 import torch
 
-from shmqueue import memory
 from shmqueue.batch import Batch
 from shmqueue.errors import (
     ConcurrentIterationError,
@@ -38,6 +37,7 @@ from shmqueue.errors import (
 from shmqueue.image import LabelMap, ScalarImage
 from shmqueue.loader import SubjectsLoader
 from shmqueue.machine import MemoryCapacity
+from shmqueue.memory import budget
 from shmqueue.pipeline import SubjectPipeline
 from shmqueue.plan import SeedPurpose, SubjectTask, derive_seed
 from shmqueue.queue import Queue
@@ -858,7 +858,7 @@ def test_a_ring_that_no_longer_fits_is_refused_before_anything_starts(
         workers = child_pids()
         # What the training queue left: room for the validation ring, not for its workers.
         short = MemoryCapacity(2 * validation.layout.ring_bytes, None, "test: what is left")
-        monkeypatch.setattr(memory, "memory_capacity", lambda: short)
+        monkeypatch.setattr(budget, "memory_capacity", lambda: short)
         with pytest.raises(MemoryBudgetError, match=r"The plan needs .* is available \(test"):
             next(iter(validation))
         assert child_pids() == workers, "a worker was started for a ring that does not fit"

@@ -1,4 +1,5 @@
-"""WorkerPool: the only code that starts, watches, stops and kills worker processes.
+"""WorkerPool: the only code that starts, watches, stops and kills worker processes (and, with
+:func:`run_in_child`, the one-off process that measures the memory of the pipeline).
 
 It waits on the workers' result pipes and process sentinels together
 (``multiprocessing.connection.wait``), so a worker's death is noticed as soon as anyone waits,
@@ -277,6 +278,47 @@ def _pickled(pipeline: SubjectPipeline, start_method: str) -> bytes:
             " Define transforms and functions at module level (a lambda or a function defined"
             " inside another cannot be pickled), or use multiprocessing_context='fork'."
         ) from error
+
+
+def run_in_child(
+    context: BaseContext,
+    target: Callable[..., None],
+    args: tuple[Any, ...],
+    name: str,
+    timeout: float,
+) -> Any:
+    """Run ``target(*args, results)`` in a new process and return the one message it sends on
+    ``results``, a pipe end; the process is watched through its sentinel and always reaped.
+
+    Raises:
+        WorkerGone: the process ended before sending; its :class:`WorkerExited` says how.
+        TimeoutError: nothing came within ``timeout`` seconds (the process is killed).
+    """
+    reader, writer = context.Pipe(duplex=False)
+    process = context.Process(  # type: ignore[attr-defined]
+        target=target, args=(*args, writer), name=name, daemon=True
+    )
+    try:
+        process.start()
+        writer.close()  # the child's end: EOF on the reader once the child is gone
+        if not wait([reader, process.sentinel], timeout):
+            raise TimeoutError(f"{name} sent nothing within {timeout:.0f} s")
+        try:
+            return reader.recv()
+        except EOFError:
+            process.join(JOIN_TIMEOUT)
+            raise WorkerGone(WorkerExited(0, process.pid, process.exitcode)) from None
+    finally:
+        run_all(
+            [
+                reader.close,
+                writer.close,
+                lambda: _join_all([process], JOIN_TIMEOUT),
+                _signal_if_running(process, "kill"),
+                lambda: _join_all([process], JOIN_TIMEOUT),
+                _closer(process),
+            ]
+        )
 
 
 def _has_exited(process: BaseProcess) -> bool:
