@@ -46,7 +46,7 @@ class SubjectPipeline:
         subjects: Sequence[Subject],
         transform: SubjectTransform | None,
         sampler: PatchSampler,
-        images: Mapping[str, ImageSpec],
+        images: Mapping[str, RingImage],
     ) -> None:
         self.subjects = subjects
         self.transform = transform
@@ -85,7 +85,7 @@ class SubjectPipeline:
         return subject, locations
 
     def _check_images(
-        self, task: SubjectTask, stages: list[tuple[str, dict[str, ImageSpec]]]
+        self, task: SubjectTask, stages: list[tuple[str, dict[str, RingImage]]]
     ) -> None:
         """Raise unless the last stage's images are what the ring holds, naming the stage that
         first made them differ (a transform step, the sampler's preparation, or loading)."""
@@ -123,20 +123,20 @@ def _holds(ring: torch.dtype, produced: torch.dtype) -> bool:
     return torch.promote_types(ring, produced) == ring
 
 
-def _fits(expected: ImageSpec | None, produced: ImageSpec | None) -> bool:
+def _fits(expected: RingImage | None, produced: RingImage | None) -> bool:
     if expected is None or produced is None:
         return expected is produced
     return expected[0] == produced[0] and _holds(expected[1], produced[1])
 
 
-def _describe(spec: ImageSpec | None) -> str:
+def _describe(spec: RingImage | None) -> str:
     if spec is None:
         return "absent"
     channels, dtype = spec
     return f"{channels} channel{'' if channels == 1 else 's'} of {dtype}"
 
 
-def _advice(expected: ImageSpec | None, produced: ImageSpec | None) -> str:
+def _advice(expected: RingImage | None, produced: RingImage | None) -> str:
     if expected is not None and produced is not None and expected[0] == produced[0]:
         return (
             f"The ring's {expected[1]} cannot hold {produced[1]} values without changing them:"

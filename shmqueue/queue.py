@@ -5,6 +5,11 @@ schedule literally (see :mod:`shmqueue.plan`); this path is the reference the en
 against. With ``num_workers > 0`` a :class:`~shmqueue.engine.coordinator.Coordinator` runs worker
 processes that write patches into a shared-memory ring; :meth:`Queue.batches` (what
 :class:`~shmqueue.SubjectsLoader` iterates) copies each batch straight out of the ring.
+
+This module is the API and the lifecycle: checking arguments, planning epochs, one live iteration
+at a time, starting and shutting down. The patches come from a
+:class:`~shmqueue.source.PatchSource`: :mod:`shmqueue.in_process` or the engine's consumer side
+(:mod:`shmqueue.engine.consumer`).
 """
 
 from __future__ import annotations
@@ -12,53 +17,48 @@ from __future__ import annotations
 import logging
 import os
 import secrets
-import time
-import warnings
-from collections.abc import Iterator, Sequence
+import weakref
+from collections.abc import Callable, Iterator, Sequence
 from multiprocessing.context import BaseContext
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
-import numpy as np
-import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from .arguments import check_count
-from .batch import Batch, collate_subjects
+from .batch import Batch
+from .catalog import Catalog
 from .distributed import check_subject_sampler, predictable_sampler, warn_equalized
 from .engine.backends import resolve_backend, resolve_context
-from .engine.coordinator import Coordinator, TakenPatch
-from .engine.layout import MetadataField, SlotLayout
-from .engine.ring import RingView
+from .engine.consumer import EngineSource
+from .engine.coordinator import Coordinator
 from .errors import (
     ConcurrentIterationError,
     ForeignProcessError,
-    ImageFileError,
-    InvalidImageError,
     QueueClosedError,
     ShmqueueError,
-    SubjectError,
-    SubjectProcessingError,
 )
-from .image import shift_affine
-from .memory import MemoryEstimate, estimate_memory, preflight
+from .in_process import InProcessSource
+from .memory import MemoryEstimate, preflight
+from .memory.estimate import estimate_catalog
 from .pipeline import SubjectPipeline
 from .plan import (
     EQUALIZE_POLICIES,
-    Admit,
     EpochPlan,
     common_patch_total,
     make_epoch_plan,
-    mixing_schedule,
     subject_order,
 )
-from .sampling.base import PATCH_LOCATION_KEY, PatchLocation, PatchSampler, extract_patch
+from .sampling.base import PatchSampler
+from .source import PatchSource
 from .stats import QueueStats
 from .subject import Subject
 from .transforms import SubjectTransform
 from .units import pretty_bytes
-from .volumes import VolumePool
 
 logger = logging.getLogger("shmqueue")
+
+_Params = ParamSpec("_Params")
+_Result = TypeVar("_Result")
 
 
 class Queue(IterableDataset[Subject]):
@@ -181,7 +181,10 @@ class Queue(IterableDataset[Subject]):
         self.deterministic = deterministic
         self.backend = resolve_backend(backend)
         self._context = resolve_context(multiprocessing_context)
-        self._patch_counts, self.layout = self._inspect_subjects()
+        # One pass over the headers: every subject checked, its patches counted, the ring laid
+        # out; the planner, the estimator and the testing harness read this catalog.
+        self.catalog = Catalog.build(subjects, patch_sampler, self.max_length, patches_per_volume)
+        self.layout = self.catalog.layout
         self._check_memory = check_memory
         self._memory = self.estimate_memory()  # checked now, and again when the ring is made
         self._preflight()
@@ -189,11 +192,18 @@ class Queue(IterableDataset[Subject]):
         self._epoch = 0
         # The newest iteration's plan; an iterator with another plan was superseded.
         self._live_plan: EpochPlan | None = None
-        self._coordinator: Coordinator | None = None
         self._closed_reason: str | None = None
-        self._in_process_stats = QueueStats(max_length=self.max_length)
-        # Batch tensors: reused once the training loop lets go of them (see shmqueue.volumes).
-        self._batch_volumes = VolumePool()
+        self._source: PatchSource = (
+            InProcessSource(self._pipeline, self.layout)
+            if num_workers == 0
+            else EngineSource(
+                subjects,
+                self.layout,
+                start=_weak(self._start_engine),
+                upcoming=_weak(self._upcoming_plan),
+                guard=_weak(self._guarded),
+            )
+        )
 
     # TorchIO's properties -----------------------------------------------------------------------
 
@@ -209,12 +219,12 @@ class Queue(IterableDataset[Subject]):
         """Patches yielded per epoch (``num_subjects * patches_per_volume`` for random samplers)."""
         if predictable_sampler(self.subject_sampler) is not None:  # equalised across ranks
             return self._plan(self._epoch).total_patches
-        if all(count == self.patches_per_volume for count in self._patch_counts):
+        if all(count == self.patches_per_volume for count in self.catalog.patch_counts):
             return self.num_subjects * self.patches_per_volume
         indices = (
             self.subject_sampler if self.subject_sampler is not None else range(len(self.subjects))
         )
-        return sum(self._patch_counts[int(index)] for index in indices)
+        return sum(self.catalog.patch_counts[int(index)] for index in indices)
 
     def __len__(self) -> int:
         return self.patches_per_epoch
@@ -231,9 +241,20 @@ class Queue(IterableDataset[Subject]):
     @property
     def worker_pids(self) -> list[int]:
         """The worker processes' ids; empty until the first iteration starts the engine."""
-        if self._coordinator is None:
+        engine = self._source.engine
+        if engine is None:
             return []
-        return [pid for pid in self._coordinator.worker_pids if pid is not None]
+        return [pid for pid in engine.worker_pids if pid is not None]
+
+    @property
+    def engine(self) -> Coordinator | None:
+        """The engine that runs this queue's workers and ring, for inspection (read-only).
+
+        None until the first iteration starts it, and always with ``num_workers=0``. Tests and
+        :mod:`shmqueue.testing` look at its ring and workers through this; iterate the queue,
+        never the engine.
+        """
+        return self._source.engine
 
     @property
     def epoch(self) -> int:
@@ -275,26 +296,22 @@ class Queue(IterableDataset[Subject]):
             >>> queue.estimate_memory(batch_size=4).total_per_rank > queue.max_memory
             True
         """
-        return estimate_memory(
+        return estimate_catalog(
+            self.catalog,
             self.subjects,
             self.sampler,
-            max_length=self.max_length,
+            self.transform,
             num_workers=self.num_workers,
             batch_size=batch_size,
-            transform=self.transform,
             ranks_per_node=ranks_per_node,
             pin_memory=pin_memory,
-            patches_per_volume=self.patches_per_volume,
             measure=measure,
-            images=self.layout.images,
             multiprocessing_context=self._context,
         )
 
     def stats(self) -> QueueStats:
         """Buffer fill, patches produced and consumed, consumer waits, per-worker timings."""
-        if self._coordinator is not None:
-            return self._coordinator.stats
-        return self._in_process_stats
+        return self._source.stats
 
     def plan(self, epoch: int) -> EpochPlan:
         """The plan of ``epoch``: its subjects in order, their patch counts and seeds.
@@ -327,17 +344,8 @@ class Queue(IterableDataset[Subject]):
     def __iter__(self) -> Iterator[Subject]:
         """One epoch of patch Subjects (copies; nothing points into shared memory)."""
         plan = self._begin_epoch()
-        if self.num_workers == 0:
-            for patch in self._in_process_patches(plan):
-                yield patch
-                self._check_live(plan)
-            return
-        coordinator = self._start_engine(plan)
-        patches: list[Subject] = []
-        while self._guarded(
-            coordinator.take, 1, lambda taken: patches.append(self._patch_from_slot(taken))
-        ):
-            yield patches.pop()
+        for patch in self._source.patches(plan):
+            yield patch
             self._check_live(plan)
 
     def batches(
@@ -345,25 +353,9 @@ class Queue(IterableDataset[Subject]):
     ) -> Iterator[Batch]:
         """One epoch of batches, each copied once from the ring into (optionally pinned) tensors."""
         check_count("batch_size", batch_size)
-        if self.num_workers == 0:
-            chunk: list[Subject] = []
-            for patch in self:
-                chunk.append(patch)
-                if len(chunk) == batch_size:
-                    yield _pinned(collate_subjects(chunk), pin_memory)
-                    chunk = []
-            if chunk and not drop_last:
-                yield _pinned(collate_subjects(chunk), pin_memory)
-            return
         plan = self._begin_epoch()
-        coordinator = self._start_engine(plan)
-        pin = pin_memory and _can_pin()
-        while True:
-            builder = _BatchBuilder(self, coordinator.ring, batch_size, pin)
-            count = self._guarded(coordinator.take, batch_size, builder.add)
-            if count == 0 or (drop_last and count < batch_size):
-                return
-            yield builder.build()
+        for batch in self._source.batches(plan, batch_size, drop_last, pin_memory):
+            yield batch
             self._check_live(plan)
 
     # Lifecycle ------------------------------------------------------------------------------------
@@ -394,44 +386,6 @@ class Queue(IterableDataset[Subject]):
 
     # Internals ------------------------------------------------------------------------------------
 
-    def _inspect_subjects(self) -> tuple[list[int], SlotLayout]:
-        """Validate every subject from its headers and lay out the ring; reads no voxels."""
-        images: dict[str, tuple[int, torch.dtype]] = {}
-        counts = []
-        for index, subject in enumerate(self.subjects):
-            if not isinstance(subject, Subject):
-                raise TypeError(f"subjects[{index}] is a {type(subject).__name__}, not a Subject")
-            try:
-                shape = subject.spatial_shape
-                self.sampler.check_fits(subject)
-                spec = {
-                    name: (image.num_channels, image.dtype)
-                    for name, image in subject.images.items()
-                }
-            except (SubjectError, ImageFileError, InvalidImageError) as error:
-                raise type(error)(f"subjects[{index}]: {error}") from error
-            if not images:
-                images = spec
-            elif {name: c for name, (c, _) in spec.items()} != {
-                name: c for name, (c, _) in images.items()
-            }:
-                raise SubjectError(
-                    f"subjects[{index}]: {subject.describe()} has images"
-                    f" {_describe_spec(spec)} but subjects[0] has {_describe_spec(images)}."
-                    " Every subject needs the same images with the same channels to be batched."
-                )
-            else:
-                images = {
-                    name: (channels, torch.promote_types(dtype, spec[name][1]))
-                    for name, (channels, dtype) in images.items()
-                }
-            limit = self.sampler.max_patches(shape)
-            counts.append(
-                self.patches_per_volume if limit is None else min(self.patches_per_volume, limit)
-            )
-        layout = SlotLayout.build(self.sampler.patch_size, images, self.max_length)
-        return counts, layout
-
     def _preflight(self) -> None:
         """Contract 9: a plan that cannot fit fails before anything is allocated.
 
@@ -457,10 +411,10 @@ class Queue(IterableDataset[Subject]):
             # next one, for prefetching), so every rank equalises its patches without talking.
             sampler_epoch = sharded.epoch + 1 if upcoming else sharded.epoch
             order = sharded.indices_for(sampler_epoch, sharded.rank)
-            totals = sharded.patch_totals(sampler_epoch, self._patch_counts)
+            totals = sharded.patch_totals(sampler_epoch, self.catalog.patch_counts)
             target = common_patch_total(totals, self.equalize)
         return make_epoch_plan(
-            epoch, order, self._patch_counts, self.seed, self.shuffle_patches, target
+            epoch, order, self.catalog.patch_counts, self.seed, self.shuffle_patches, target
         )
 
     def _begin_epoch(self) -> EpochPlan:
@@ -511,26 +465,27 @@ class Queue(IterableDataset[Subject]):
             " validation)."
         )
 
-    def _start_engine(self, plan: EpochPlan) -> Coordinator:
-        if self._coordinator is None:
-            self._preflight()  # memory may have gone since construction, e.g. to another queue
-            self._coordinator = Coordinator(
-                self._pipeline,
-                self.layout,
-                self.num_workers,
-                self._context,
-                self.backend,
-                self.deterministic,
-                self.timeout,
-            )
-        # The next epoch can be prefetched only if its order is ours to know in advance.
+    def _start_engine(self) -> Coordinator:
+        """Make the engine, its ring and its workers (at the first iteration that needs them)."""
+        self._preflight()  # memory may have gone since construction, e.g. to another queue
+        return Coordinator(
+            self._pipeline,
+            self.layout,
+            self.num_workers,
+            self._context,
+            self.backend,
+            self.deterministic,
+            self.timeout,
+        )
+
+    def _upcoming_plan(self) -> EpochPlan | None:
+        """The plan after the one just begun, for the engine to prefetch: None unless its order
+        is ours to know in advance."""
         sharded = predictable_sampler(self.subject_sampler)
         predictable = self.subject_sampler is None or sharded is not None
-        upcoming = self._plan(self._epoch, upcoming=True) if predictable else None
-        self._guarded(self._coordinator.start_epoch, plan, upcoming)
-        return self._coordinator
+        return self._plan(self._epoch, upcoming=True) if predictable else None
 
-    def _guarded(self, call: Any, *args: Any) -> Any:
+    def _guarded(self, call: Callable[..., _Result], *args: Any) -> _Result:
         """Run an engine call; any failure leaves the engine shut down, never half-running.
 
         An iteration begun before :meth:`close` (or a failure) ends here with
@@ -555,150 +510,21 @@ class Queue(IterableDataset[Subject]):
     def _shut_down(self, reason: str) -> None:
         if self._closed_reason is None:
             self._closed_reason = reason
-        if self._coordinator is not None:
-            self._coordinator.close()
-
-    def _in_process_patches(self, plan: EpochPlan) -> Iterator[Subject]:
-        stats = self._in_process_stats
-        patches: dict[tuple[int, int], Subject] = {}  # (position, patch): buffered, not yielded
-        for event in mixing_schedule(plan.tasks, self.max_length, plan.mixing_seed):
-            if isinstance(event, Admit):
-                task = plan.tasks[event.position]
-                started = time.perf_counter()
-                try:
-                    subject, locations = self._pipeline.run(task)
-                except Exception as error:
-                    description = self.subjects[task.subject_index].describe(task.subject_index)
-                    raise SubjectProcessingError(
-                        f"Processing {description} in epoch {task.epoch} failed in the training"
-                        f" process: {type(error).__name__}: {error}"
-                    ) from error
-                for number, location in enumerate(locations):
-                    patches[event.position, number] = self._with_layout_dtypes(
-                        extract_patch(subject, location)
-                    )
-                del subject  # hold one subject at a time, not the last one while loading the next
-                elapsed = time.perf_counter() - started
-                stats.subject_seconds.setdefault(0, []).append(elapsed)
-                stats.consumer_wait_seconds += elapsed
-                stats.patches_produced += len(locations)
-                stats.ready += len(locations)
-                continue
-            patch = patches.pop((event.position, event.patch))
-            stats.patches_consumed += 1
-            stats.ready -= 1
-            yield patch
-
-    def _with_layout_dtypes(self, patch: Subject) -> Subject:
-        """The patch in the ring's dtypes, as a worker's copy into a slot casts it (the pipeline
-        has checked that the images fit: a dtype the ring's holds, or a float rounded)."""
-        for field in self.layout.fields:
-            image = patch[field.name]
-            if image.data.dtype != field.dtype:
-                patch[field.name] = image.with_data(image.data.to(field.dtype))
-        return patch
-
-    def _slot_location(self, taken: TakenPatch) -> PatchLocation:
-        assert self._coordinator is not None
-        row = self._coordinator.ring.metadata[taken.slot]
-        expected = (taken.task.epoch, taken.task.position, taken.task.subject_index, taken.patch)
-        found = tuple(int(value) for value in row[: MetadataField.INDEX_I])
-        if found != expected:
-            raise RuntimeError(f"slot {taken.slot} holds {found}, expected {expected}")
-        index = tuple(int(value) for value in row[MetadataField.INDEX_I :])
-        return PatchLocation((index[0], index[1], index[2]), self.layout.patch_size)
-
-    def _patch_from_slot(self, taken: TakenPatch) -> Subject:
-        assert self._coordinator is not None
-        location = self._slot_location(taken)
-        subject = self.subjects[taken.task.subject_index]
-        images = {
-            field.name: subject[field.name].as_patch(
-                _copy_out(self._coordinator.ring.patches[field.name][taken.slot]),
-                location.index,
-                taken.state.affines[field.name],
-            )
-            for field in self.layout.fields
-        }
-        metadata = taken.state.metadata(subject)
-        return Subject({**metadata, **images, PATCH_LOCATION_KEY: location})
+        self._source.close()
 
 
-class _BatchBuilder:
-    """Fills batch tensors row by row, straight from ring slots (the one copy per patch)."""
+def _weak(method: Callable[_Params, _Result]) -> Callable[_Params, _Result]:
+    """``method`` of a queue, for its source, without keeping the queue alive.
 
-    def __init__(self, queue: Queue, ring: RingView, batch_size: int, pin: bool) -> None:
-        self.queue = queue
-        self.ring = ring
-        self.layout = queue.layout
-        fields = self.layout.fields
-        shapes = {field: (batch_size, *self.layout.patch_shape(field)) for field in fields}
-        self.data = {
-            field.name: torch.empty(shape, dtype=field.dtype, pin_memory=True)
-            if pin
-            else queue._batch_volumes.empty(shape, field.dtype)
-            for field, shape in shapes.items()
-        }
-        self.taken: list[TakenPatch] = []
-        self.locations: list[PatchLocation] = []
-
-    def add(self, taken: TakenPatch) -> None:
-        row = len(self.taken)
-        for name, stacked in self.data.items():
-            # numpy copies in this thread (see _copy_out)
-            np.copyto(stacked[row].numpy(), self.ring.patches[name][taken.slot].numpy())
-        self.locations.append(self.queue._slot_location(taken))
-        self.taken.append(taken)
-
-    def build(self) -> Batch:
-        count = len(self.taken)
-        names = list(self.data)
-        sources = [self.queue.subjects[taken.task.subject_index] for taken in self.taken]
-        return Batch.build(
-            data={name: stacked[:count] for name, stacked in self.data.items()},
-            affines={
-                name: [
-                    shift_affine(taken.state.affines[name], location.index)
-                    for taken, location in zip(self.taken, self.locations)
-                ]
-                for name in names
-            },
-            paths={name: [source[name].path for source in sources] for name in names},
-            metadata=[taken.state.metadata(source) for taken, source in zip(self.taken, sources)],
-            locations=self.locations,
-        )
-
-
-def _copy_out(patch: torch.Tensor) -> torch.Tensor:
-    """A copy of a slot's patch. numpy copies in this thread; torch would split a patch copy
-    across its intra-op threads, which stalls the training process while workers use the cores.
+    A queue dropped without :meth:`Queue.close` must stop its workers when its last reference
+    goes, not at some later garbage collection: a source holding the queue's own methods would
+    make a reference cycle. The queue outlives every call: its iterators hold it.
     """
-    return torch.from_numpy(patch.numpy().copy())
+    reference = weakref.WeakMethod(method)
 
+    def call(*args: _Params.args, **kwargs: _Params.kwargs) -> _Result:
+        bound = reference()
+        assert bound is not None, "a queue's source outlived the queue"
+        return bound(*args, **kwargs)
 
-def _describe_spec(spec: dict[str, tuple[int, torch.dtype]]) -> str:
-    return "{" + ", ".join(f"{name}: {c} channel(s)" for name, (c, _) in spec.items()) + "}"
-
-
-_pin_warned = False
-
-
-def _can_pin() -> bool:
-    global _pin_warned
-    if torch.cuda.is_available():
-        return True
-    if not _pin_warned:
-        warnings.warn(
-            "pin_memory=True but no GPU is available: batches are not pinned", stacklevel=3
-        )
-        _pin_warned = True
-    return False
-
-
-def _pinned(batch: Batch, pin_memory: bool) -> Batch:
-    if not (pin_memory and _can_pin()):
-        return batch
-    for value in batch.values():
-        if isinstance(value, dict) and "data" in value:
-            value["data"] = value["data"].pin_memory()
-    return batch
+    return call

@@ -105,8 +105,8 @@ def reference(subjects: list[sq.Subject], epochs: int, **options: Any) -> list[P
 
 
 def coordinator_of(queue: sq.Queue) -> Coordinator:
-    assert queue._coordinator is not None, "the engine starts with the first iteration"
-    return queue._coordinator
+    assert queue.engine is not None, "the engine starts with the first iteration"
+    return queue.engine
 
 
 def assert_complete(records: Iterable[PatchRecord], epochs: Iterable[int]) -> None:

@@ -23,8 +23,8 @@ from hypothesis import event, given
 from hypothesis import strategies as st
 
 import shmqueue as sq
-import shmqueue.queue
-from shmqueue.engine.coordinator import TakenPatch
+import shmqueue.engine.consumer
+import shmqueue.in_process
 from shmqueue.plan import Take
 from shmqueue.sampling.base import PATCH_LOCATION_KEY, PatchLocation
 from shmqueue.sampling.grid import PADDING_MODES
@@ -337,7 +337,7 @@ def test_check_queue_catches_a_transform_using_global_randomness() -> None:
 
 
 def test_check_queue_catches_a_dropped_patch_in_process(monkeypatch: pytest.MonkeyPatch) -> None:
-    schedule = shmqueue.queue.mixing_schedule
+    schedule = shmqueue.in_process.mixing_schedule
 
     def drop_third_take(*args: Any) -> Iterator[Any]:
         takes = 0
@@ -348,7 +348,7 @@ def test_check_queue_catches_a_dropped_patch_in_process(monkeypatch: pytest.Monk
                     continue
             yield step
 
-    monkeypatch.setattr(shmqueue.queue, "mixing_schedule", drop_third_take)
+    monkeypatch.setattr(shmqueue.in_process, "mixing_schedule", drop_third_take)
     report = check_queue(lambda: _queue(shuffle_patches=False, shuffle_subjects=False))
     assert Contract.COMPLETENESS in report.contracts()
     message = _failures(report, Contract.COMPLETENESS)[0]
@@ -417,22 +417,16 @@ def test_check_queue_catches_a_corrupted_patch() -> None:
     assert "subject 0 'sub-0'" in str(report)
 
 
-class _RingViewQueue(sq.Queue):
-    """Broken: hands out views into the ring instead of copies."""
-
-    def _patch_from_slot(self, taken: TakenPatch) -> sq.Subject:
-        assert self._coordinator is not None
-        location = self._slot_location(taken)
-        subject = self.subjects[taken.task.subject_index]
-        images = {
-            name: subject[name].as_patch(patches[taken.slot], location.index)
-            for name, patches in self._coordinator.ring.patches.items()
-        }
-        return sq.Subject({**subject.metadata, **images, PATCH_LOCATION_KEY: location})
+def _ring_view(patch: torch.Tensor) -> torch.Tensor:
+    """Broken: hands out the slot's view into the ring instead of a copy."""
+    return patch
 
 
-def test_check_queue_catches_patches_pointing_into_the_ring() -> None:
-    report = check_queue(lambda: _queue(_RingViewQueue, num_workers=1), epochs=1)
+def test_check_queue_catches_patches_pointing_into_the_ring(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(shmqueue.engine.consumer, "_copy_out", _ring_view)
+    report = check_queue(lambda: _queue(num_workers=1), epochs=1)
     assert Contract.SLOT_DISCIPLINE in report.contracts()
     assert "points into the shared-memory ring instead of owning a copy" in str(report)
 

@@ -67,10 +67,10 @@ class RingWatch:
 
     def observe(self, epoch: int) -> None:
         """Check the ring the queue's engine uses now (call while an epoch is running)."""
-        coordinator = self.queue._coordinator
-        if self.queue.num_workers == 0 or coordinator is None or not _MAPS.exists():
+        engine = self.queue.engine
+        if engine is None or not _MAPS.exists():
             return
-        address = coordinator.ring.metadata.ctypes.data
+        address = engine.ring.metadata.ctypes.data
         mapping = mapping_at(address)
         expected = self.queue.layout.ring_bytes
         if mapping is None or mapping.start != address or mapping.size != expected:
