@@ -62,6 +62,7 @@ START_METHODS = ("fork", "spawn", "forkserver")
 PATCHES_PER_VOLUME = 4
 MAX_LENGTH = 8  # two subjects' patches
 PROMPT = 5.0  # seconds: "at once" on a loaded two-core machine; only a hang exceeds it
+STARTUP = 30.0  # seconds to start two spawn workers (each imports torch) on a loaded machine
 SHUTDOWN = 10.0  # seconds for close(): a grace period, then SIGTERM, then SIGKILL
 REPO = Path(__file__).resolve().parents[1]
 
@@ -436,6 +437,7 @@ FAULTS = (
     Fault(
         transform_raises, "in the first fill", ALL, sq.SubjectProcessingError,
         r"Worker \d failed on subject 1 'sub-01' .* in epoch 0: ValueError: intensities",
+        detect_within=STARTUP,  # the first fill includes starting the workers
         check=check_transform_raises,
     ),
     Fault(
