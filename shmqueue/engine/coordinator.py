@@ -1,30 +1,21 @@
-"""Coordinator: the training process's side of the engine.
+"""Coordinator: the training process's side of the engine, the I/O around the scheduler.
 
-It owns the ring and the slot table, hands subject tasks and free slots to workers, keeps each
-epoch's bookkeeping and chooses which ready patch the consumer gets next:
-
-* **free-running** (default): once the buffer is as full as it can get (or holds the epoch's
-  remaining patches), a uniformly drawn ready patch, so mixing is TorchIO's but the buffer
-  refills continuously instead of in stalls;
-* **deterministic**: exactly the order of :func:`~shmqueue.plan.mixing_schedule`, waiting for the
-  patch it names, so the stream is the same for any number of workers (and for the in-process
-  path). Subjects are dispatched in plan order as soon as slots allow, which is never later than
-  the virtual buffer admits them, so the wait always ends.
-
-Workers never idle at epoch boundaries: the next epoch's plan (when its order is known in
-advance) is dispatched as soon as the current epoch's tasks all are. Each epoch run carries a
-generation number; results of an abandoned epoch free their slots on arrival.
+It owns the ring and the worker pool and drives the pure
+:class:`~shmqueue.engine.scheduler.Scheduler` (which task goes to which worker and slots, which
+ready patch the consumer gets next, the epochs' bookkeeping): it sends the scheduler's dispatches
+through the pool, waits on the workers when the consumer needs a patch that is not ready, turns
+the workers' messages into the scheduler's events, and raises errors that say where and what to
+do. It has no thread of its own: it works inside :meth:`Coordinator.start_epoch` and
+:meth:`Coordinator.take`, which the training loop's ``next()`` calls.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import random
 import time
 import weakref
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
 from multiprocessing.context import BaseContext
 
 import psutil
@@ -37,15 +28,13 @@ from ..errors import (
     WorkerTimeoutError,
 )
 from ..pipeline import SubjectPipeline
-from ..plan import EpochPlan, SubjectTask, Take, mixing_schedule
+from ..plan import EpochPlan
 from ..stats import QueueStats
 from ..units import pretty_bytes
 from . import forks
 from .layout import SlotLayout
 from .pool import WorkerExited, WorkerGone, WorkerPool, run_all
 from .protocol import (
-    PREFETCH_DEPTH,
-    SubjectState,
     TaskDone,
     TaskFailed,
     TaskMessage,
@@ -54,7 +43,10 @@ from .protocol import (
     WorkerStartFailed,
 )
 from .ring import RingView, Segment, create_segment
-from .slots import SlotTable
+from .scheduler import Dispatch, FailureAction, Scheduler, TakenPatch
+from .slots import SlotState
+
+__all__ = ["Coordinator", "TakenPatch"]
 
 logger = logging.getLogger("shmqueue")
 
@@ -66,47 +58,6 @@ _START_ADVICE = (
     " (not in a notebook cell or an interactive session), start training under"
     " `if __name__ == \"__main__\":`, or use multiprocessing_context='fork'."
 )
-
-PatchKey = tuple[int, int]  # (task position, patch number)
-
-
-@dataclass(frozen=True)
-class TakenPatch:
-    """A slot handed to the consumer, and what it holds."""
-
-    slot: int
-    task: SubjectTask
-    patch: int
-    state: SubjectState
-
-
-class _EpochRun:
-    """Bookkeeping of one epoch in the engine."""
-
-    def __init__(self, plan: EpochPlan, generation: int, schedule_length: int | None) -> None:
-        self.plan = plan
-        self.generation = generation
-        self.next_task = 0
-        self.in_flight = 0
-        self.yielded = 0
-        self.started = False
-        self.ready: dict[PatchKey, int] = {}
-        self.states: dict[int, SubjectState] = {}  # by task position, once its patches are in
-        self.failure: SubjectProcessingError | None = None  # raised when the run becomes current
-        self.ready_keys: list[PatchKey] = []  # free-running mode only
-        self.chooser = None if plan.mixing_seed is None else random.Random(plan.mixing_seed)
-        self.schedule: Iterator[Take] | None = None
-        self.next_take: Take | None = None
-        if schedule_length is not None:  # deterministic mode: follow the reference order
-            self.schedule = (
-                event
-                for event in mixing_schedule(plan.tasks, schedule_length, plan.mixing_seed)
-                if isinstance(event, Take)
-            )
-
-    @property
-    def finished(self) -> bool:
-        return self.yielded == self.plan.total_patches
 
 
 class _EngineResources:
@@ -167,14 +118,8 @@ class Coordinator:
         self.deterministic = deterministic
         self.pipeline = pipeline
         self.stats = QueueStats(max_length=layout.max_length)
-        self._slots = SlotTable(layout.max_length)
-        self._runs: dict[int, _EpochRun] = {}
-        self._current: _EpochRun | None = None
-        self._upcoming: _EpochRun | None = None
-        self._generation = 0
-        self._worker_tasks: list[dict[tuple[int, int], tuple[int, ...]]] = [
-            {} for _ in range(num_workers)
-        ]
+        self._scheduler = Scheduler(layout.max_length, num_workers, deterministic)
+        self._slots = self._scheduler.slots  # read, for the fill statistics
         self._silence = 0.0  # seconds the consumer has waited without any worker reporting
         self._resources = _EngineResources()
         self._finalizer = weakref.finalize(self, self._resources.close)
@@ -204,22 +149,14 @@ class Coordinator:
         """Make ``plan`` current (adopting its prefetched run) and prefetch ``upcoming``.
 
         A worker that died while idle (between epochs, e.g. killed for memory during
-        validation) is reported here, before any work is sent to it.
+        validation) is reported here, before any work is sent to it; so is a failure of
+        ``plan``'s prefetched subjects.
         """
         for exited in self._pool.exited():
             raise self._worker_died(exited)
-        if self._upcoming is not None and self._upcoming.plan == plan:
-            run = self._upcoming
-        else:
-            if self._upcoming is not None:
-                self._discard(self._upcoming)
-            run = self._new_run(plan)
-        if self._current is not None:
-            self._discard(self._current)
-        self._current = run
-        if run.failure is not None:
-            raise run.failure
-        self._upcoming = None if upcoming is None else self._new_run(upcoming)
+        failure = self._scheduler.start_epoch(plan, upcoming)
+        if failure is not None:
+            raise self._subject_error(failure)
         self.stats.first_patch_seconds = 0.0
         self._dispatch()
 
@@ -231,22 +168,18 @@ class Coordinator:
         schedule's guarantee (and refills sooner). Waits as needed; returns how many were passed,
         fewer than ``count`` only at the end of the epoch.
         """
-        run = self._current
-        assert run is not None, "start_epoch first"
+        scheduler = self._scheduler
         self._process(self._pool.wait(0))
         passed = 0
-        while passed < count and not run.finished:
-            key = self._choose(run)
-            if key is None:
-                self._wait_for_progress(run)
+        while passed < count and not scheduler.finished:
+            taken = scheduler.next_patch()
+            if taken is None:
+                self._wait_for_progress()
                 continue
-            slot = run.ready.pop(key)
-            self._slots.claim(slot)
-            run.yielded += 1
             try:
-                consume(TakenPatch(slot, run.plan.tasks[key[0]], key[1], run.states[key[0]]))
+                consume(taken)
             finally:
-                self._slots.release([slot])
+                scheduler.release(taken.slot)
             passed += 1
             self._dispatch()
         self.stats.patches_consumed += passed
@@ -265,95 +198,32 @@ class Coordinator:
     def worker_pids(self) -> list[int | None]:
         return self._pool.pids
 
-    # Choosing ----------------------------------------------------------------------------------
-
-    def _choose(self, run: _EpochRun) -> PatchKey | None:
-        """The key of the next patch to yield, if it is ready."""
-        if run.schedule is not None:
-            if run.next_take is None:
-                run.next_take = next(run.schedule)
-            key = (run.next_take.position, run.next_take.patch)
-            if key not in run.ready:
-                return None
-            run.next_take = None
-            return key
-        if not run.started:
-            if not self._buffer_full(run):
-                return None
-            run.started = True
-        keys = run.ready_keys
-        if not keys:
-            return None
-        if run.chooser is None:
-            return keys.pop(0)
-        index = run.chooser.randrange(len(keys))
-        keys[index], keys[-1] = keys[-1], keys[index]
-        return keys.pop()
-
-    def _buffer_full(self, run: _EpochRun) -> bool:
-        """No more of the run's subjects can join the buffer before patches leave it."""
-        if run.in_flight:
-            return False
-        if run.next_task == len(run.plan.tasks):
-            return True
-        return self._slots.free_count < run.plan.tasks[run.next_task].num_patches
-
     # Workers -----------------------------------------------------------------------------------
 
-    def _new_run(self, plan: EpochPlan) -> _EpochRun:
-        self._generation += 1
-        schedule_length = self.layout.max_length if self.deterministic else None
-        run = _EpochRun(plan, self._generation, schedule_length)
-        self._runs[run.generation] = run
-        return run
-
-    def _discard(self, run: _EpochRun) -> None:
-        self._slots.discard(run.ready.values())
-        run.ready.clear()
-        run.ready_keys.clear()
-        del self._runs[run.generation]
-
     def _dispatch(self) -> None:
-        """Hand tasks to workers in plan order while slots and worker queues allow."""
-        for run in (self._current, self._upcoming):
-            if run is None:
-                continue
-            while run.next_task < len(run.plan.tasks):
-                task = run.plan.tasks[run.next_task]
-                worker_id = self._idlest_worker()
-                if worker_id is None or self._slots.free_count < task.num_patches:
-                    return
-                slots = tuple(self._slots.reserve(task.num_patches))
-                self._worker_tasks[worker_id][(run.generation, task.position)] = slots
-                try:
-                    self._pool.send(worker_id, TaskMessage(task, run.generation, slots))
-                except WorkerGone as gone:
-                    raise self._worker_died(gone.exited) from None
-                run.next_task += 1
-                run.in_flight += 1
+        """Send the tasks that the scheduler hands out now."""
+        for dispatch in self._scheduler.dispatch():
+            message = TaskMessage(dispatch.task, dispatch.generation, dispatch.slots)
+            try:
+                self._pool.send(dispatch.worker_id, message)
+            except WorkerGone as gone:
+                raise self._worker_died(gone.exited) from None
         self._update_fill()
 
-    def _idlest_worker(self) -> int | None:
-        loads = [len(tasks) for tasks in self._worker_tasks]
-        lightest = min(loads)
-        return loads.index(lightest) if lightest < PREFETCH_DEPTH else None
-
-    def _wait_for_progress(self, run: _EpochRun) -> None:
+    def _wait_for_progress(self) -> None:
         """Block until a worker reports (or dies); account the time as consumer wait."""
-        if not any(self._worker_tasks):
-            raise RuntimeError(  # a bug in the engine, never a user error: fail, do not hang
-                f"shmqueue engine stalled: epoch {run.plan.epoch} needs patches but no task is in"
-                f" flight ({self._slots.free_count} free slots, next task {run.next_task})."
-            )
+        stalled = self._scheduler.stall_error()
+        if stalled is not None:
+            raise stalled
         started = time.perf_counter()
         events = self._pool.wait(min(WAIT_SLICE, self.timeout) if self.timeout else WAIT_SLICE)
         waited = time.perf_counter() - started
         self.stats.consumer_wait_seconds += waited
-        if run.yielded == 0:
+        if self._scheduler.yielded == 0:
             self.stats.first_patch_seconds += waited
         if not events:
             self._silence += waited
-            in_flight = [self._describe_task(*key) for tasks in self._worker_tasks for key in tasks]
+            in_flight = [self._describe_task(task) for task in self._scheduler.in_flight()]
             if self.timeout and self._silence >= self.timeout:
                 raise WorkerTimeoutError(
                     f"No worker reported for {self._silence:.0f} s (timeout={self.timeout:g}) while"
@@ -378,31 +248,19 @@ class Coordinator:
             self._dispatch()
 
     def _task_done(self, done: TaskDone) -> None:
-        slots = self._worker_tasks[done.worker_id].pop((done.generation, done.task.position))
         self.stats.subject_seconds.setdefault(done.worker_id, []).append(done.seconds)
         self.stats.worker_peak_rss[done.worker_id] = done.peak_rss
-        run = self._runs.get(done.generation)
-        if run is None:
-            self._slots.abandon(slots)
-            return
-        self._slots.fill(slots)
-        run.in_flight -= 1
-        run.states[done.task.position] = done.state
-        self.stats.patches_produced += len(slots)
-        for patch, slot in enumerate(slots):
-            key = (done.task.position, patch)
-            run.ready[key] = slot
-            if run.schedule is None:
-                run.ready_keys.append(key)
+        self.stats.patches_produced += self._scheduler.task_done(done)
 
     def _task_failed(self, failed: TaskFailed) -> None:
-        slots = self._worker_tasks[failed.worker_id].pop((failed.generation, failed.task.position))
-        self._slots.abandon(slots)
-        run = self._runs.get(failed.generation)
-        if run is None:
+        action = self._scheduler.task_failed(failed)
+        if action is FailureAction.IGNORE:
             logger.warning("a task of an abandoned epoch failed: %s", failed.description)
-            return
-        run.in_flight -= 1
+        elif action is FailureAction.RAISE:
+            raise self._subject_error(failed)
+
+    def _subject_error(self, failed: TaskFailed) -> SubjectProcessingError:
+        """The error of a failed task, caused by the worker's own exception and traceback."""
         remote = RemoteTraceback(failed.traceback_text)
         cause: BaseException = remote
         summary = failed.traceback_text.strip().splitlines()[-1].rstrip(".")
@@ -414,13 +272,10 @@ class Coordinator:
             f" {failed.task.epoch}: {summary}. The worker's traceback is shown above."
         )
         error.__cause__ = cause
-        if run is self._upcoming:  # a prefetched epoch: its failure belongs to that epoch
-            run.failure = run.failure or error
-            return
-        raise error
+        return error
 
     def _worker_died(self, exited: WorkerExited) -> WorkerDiedError:
-        tasks = [self._describe_task(*key) for key in self._worker_tasks[exited.worker_id]]
+        tasks = [self._describe_task(task) for task in self._scheduler.in_flight(exited.worker_id)]
         doing = f"while processing {tasks[0]}" if tasks else "while idle"
         memory = psutil.virtual_memory()
         peak = self.stats.worker_peak_rss.get(exited.worker_id)
@@ -432,12 +287,12 @@ class Coordinator:
             " queue.estimate_memory()) and check `dmesg` for the kernel's message."
         )
 
-    def _describe_task(self, generation: int, position: int) -> str:
-        run = self._runs.get(generation)
-        if run is None:
-            return f"a subject of an abandoned epoch (generation {generation})"
-        index = run.plan.tasks[position].subject_index
-        return f"{self.pipeline.subjects[index].describe(index)} of epoch {run.plan.epoch}"
+    def _describe_task(self, dispatch: Dispatch) -> str:
+        epoch = self._scheduler.epoch_of(dispatch.generation)
+        if epoch is None:
+            return f"a subject of an abandoned epoch (generation {dispatch.generation})"
+        index = dispatch.task.subject_index
+        return f"{self.pipeline.subjects[index].describe(index)} of epoch {epoch}"
 
     def _await_workers(self, num_workers: int, start_method: str) -> None:
         ready: set[int] = set()
@@ -475,7 +330,5 @@ class Coordinator:
         return error
 
     def _update_fill(self) -> None:
-        self.stats.ready = sum(len(run.ready) for run in self._runs.values())
-        self.stats.in_workers = sum(
-            len(slots) for tasks in self._worker_tasks for slots in tasks.values()
-        )
+        self.stats.ready = self._slots.count(SlotState.READY)
+        self.stats.in_workers = self._slots.count(SlotState.WORKER)

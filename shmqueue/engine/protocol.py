@@ -2,7 +2,9 @@
 
 Only small, fixed-size messages cross the pipes; patches go through the ring. The coordinator
 has no thread of its own: it works inside the consumer's calls (``start_epoch`` and ``take``,
-from the training loop's ``next()``), so every step below on its side happens there.
+from the training loop's ``next()``), so every step below on its side happens there. What to
+send and which slots to use are decided by the pure :class:`~shmqueue.engine.scheduler.Scheduler`;
+the coordinator does the sending, the waiting and the raising.
 
 Start-up (:class:`~shmqueue.engine.pool.WorkerPool`)
   1. The coordinator creates the ring (a reserved memfd, or a /dev/shm segment unlinked at once),
@@ -20,15 +22,15 @@ Start-up (:class:`~shmqueue.engine.pool.WorkerPool`)
 
 Per subject (one message each way, never one per patch)
   3. Before an epoch's first dispatch, the coordinator reports any worker that died while idle.
-     It reserves ``task.num_patches`` free slots and sends :class:`TaskMessage` (task, epoch
-     generation, slots); a failed send is reported as the worker's death. A worker holds at
-     most ``PREFETCH_DEPTH`` such tasks.
+     The scheduler reserves ``task.num_patches`` free slots, and the coordinator sends
+     :class:`TaskMessage` (task, epoch generation, slots); a failed send is reported as the
+     worker's death. A worker holds at most ``PREFETCH_DEPTH`` such tasks.
   4. The worker loads, augments and samples the subject, writes patch ``k`` and its metadata
      row into ``slots[k]``, then sends :class:`TaskDone` with the augmented subject's
      :class:`SubjectState` (its images' affines, the metadata its transform changed); on an
      exception it sends :class:`TaskFailed` with the original exception (when picklable) and its
      traceback text, and goes on with its next task.
-  5. The coordinator marks the slots ready (or frees them if the generation is stale).
+  5. The scheduler marks the slots ready (or frees them if the generation is stale).
   6. While the consumer waits, the coordinator blocks on the result pipes and the workers'
      sentinels together; with a ``timeout``, silence that long raises WorkerTimeoutError.
 
