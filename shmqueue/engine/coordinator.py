@@ -152,8 +152,7 @@ class Coordinator:
         validation) is reported here, before any work is sent to it; so is a failure of
         ``plan``'s prefetched subjects.
         """
-        for exited in self._pool.exited():
-            raise self._worker_died(exited)
+        self._process(self._pool.wait(0))  # reports first, so that an idle death says "idle"
         failure = self._scheduler.start_epoch(plan, upcoming)
         if failure is not None:
             raise self._subject_error(failure)

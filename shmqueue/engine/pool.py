@@ -30,7 +30,7 @@ from . import forks
 from .layout import SlotLayout
 from .protocol import JOIN_TIMEOUT, Shutdown, TaskMessage, WorkerMessage
 from .ring import Segment
-from .worker import WorkerStart, worker_main
+from .worker import PipelineParcel, WorkerStart, worker_main
 
 logger = logging.getLogger("shmqueue")
 
@@ -105,7 +105,7 @@ class WorkerPool:
         self._workers: list[_Worker] = []
         self._pids: list[int | None] = []
         start_method = context.get_start_method()
-        payload = pipeline if start_method == "fork" else _pickled(pipeline, start_method)
+        parcel = PipelineParcel(pipeline)
         # A worker's parent is this process, except under forkserver (the server); the
         # parent-death signal follows the thread that forked, so only the main thread asks it.
         start = WorkerStart(
@@ -119,7 +119,7 @@ class WorkerPool:
         try:
             for worker_id in range(num_workers):
                 self._start_worker(
-                    worker_id, context, payload, segment, layout, start, lifeline_reader
+                    worker_id, context, parcel, segment, layout, start, lifeline_reader
                 )
         except BaseException:
             self.close()
@@ -131,7 +131,7 @@ class WorkerPool:
         self,
         worker_id: int,
         context: BaseContext,
-        payload: SubjectPipeline | bytes,
+        parcel: PipelineParcel,
         segment: Segment,
         layout: SlotLayout,
         start: WorkerStart,
@@ -144,7 +144,7 @@ class WorkerPool:
             target=worker_main,
             args=(
                 worker_id,
-                payload,
+                parcel,
                 handle,
                 layout,
                 task_reader,
@@ -157,7 +157,7 @@ class WorkerPool:
         )
         self._workers.append(_Worker(worker_id, process, task_writer, result_reader))
         try:
-            process.start()
+            _start(process, context.get_start_method())
         finally:  # the worker's ends: the child has its own copies (or never started)
             handle.close()
             task_reader.close()
@@ -180,11 +180,6 @@ class WorkerPool:
             worker.tasks.send(message)
         except OSError:
             raise WorkerGone(self._reap(worker)) from None
-
-    def exited(self) -> list[WorkerExited]:
-        """The workers that have exited by now (checked without waiting)."""
-        dead = [worker for worker in self._workers if wait([worker.process.sentinel], 0)]
-        return [self._reap(worker) for worker in dead]
 
     def wait(self, timeout: float | None) -> list[WorkerMessage | WorkerExited]:
         """Messages that arrived within ``timeout`` seconds (all that are waiting, at least one
@@ -267,11 +262,14 @@ def _close_inherited_sentinel(process: BaseProcess) -> None:
     finalizer.cancel()
 
 
-def _pickled(pipeline: SubjectPipeline, start_method: str) -> bytes:
-    """The pipeline pickled once for every worker; a failure says what to change."""
+def _start(process: BaseProcess, start_method: str) -> None:
+    """Start ``process``; under spawn or forkserver its arguments are pickled now, and a
+    failure to pickle becomes a :class:`TypeError` that says what to change."""
     try:
-        return pickle.dumps(pipeline)
+        process.start()
     except (pickle.PicklingError, AttributeError, TypeError) as error:
+        if start_method == "fork":
+            raise
         raise TypeError(
             f"Cannot start a worker process with the '{start_method}' start method: the subjects,"
             f" transform and sampler are pickled to reach it, and pickling failed: {error}."

@@ -17,6 +17,8 @@ import time
 import traceback
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
+from multiprocessing.reduction import ForkingPickler
+from typing import Any
 
 import torch
 
@@ -82,6 +84,32 @@ def run_task(
     return TaskDone(worker_id, message.generation, task, state, elapsed, peak_rss())
 
 
+class PipelineParcel:
+    """The subjects, transform and sampler on their way to a worker, opened by the worker.
+
+    Under spawn and forkserver the parcel is pickled while the worker's process starts, with
+    multiprocessing's own pickler (so tensors travel as shared memory, and the start-up message
+    stays small), into bytes that the worker unpickles in :func:`worker_main` rather than in
+    multiprocessing's bootstrap: a failure there (a class the worker cannot import) reaches the
+    training process with its cause instead of an exit code. Under fork the worker inherits the
+    pipeline itself.
+    """
+
+    def __init__(self, pipeline: SubjectPipeline | None, payload: bytes | None = None) -> None:
+        self._pipeline = pipeline
+        self._payload = payload
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (PipelineParcel, (None, bytes(ForkingPickler.dumps(self._pipeline))))
+
+    def open(self) -> SubjectPipeline:
+        if self._payload is None:
+            assert self._pipeline is not None
+            return self._pipeline
+        pipeline: SubjectPipeline = pickle.loads(self._payload)
+        return pipeline
+
+
 @dataclass(frozen=True)
 class WorkerStart:
     """How a worker knows its training process, so that it never outlives it.
@@ -143,7 +171,7 @@ def _descriptor_census() -> dict[str, int]:
 
 def worker_main(
     worker_id: int,
-    payload: SubjectPipeline | bytes,
+    parcel: PipelineParcel,
     handle: SegmentHandle,
     layout: SlotLayout,
     tasks: Connection,
@@ -158,9 +186,7 @@ def worker_main(
     use_volume_pool()
     try:
         ring = RingView(handle.open(), layout)
-        # Under spawn and forkserver the pipeline arrives pickled: unpickling it here, not in
-        # multiprocessing's bootstrap, lets a failure reach the training process with its cause.
-        pipeline = payload if isinstance(payload, SubjectPipeline) else pickle.loads(payload)
+        pipeline = parcel.open()
     except Exception as error:
         results.send(WorkerStartFailed(worker_id, _picklable(error), traceback.format_exc()))
         return
