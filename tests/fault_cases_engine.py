@@ -17,11 +17,10 @@ import signal
 import subprocess
 import sys
 import textwrap
-import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import torch
+from misbehaving import HangOn, SignalTrainingOn
 from torch.utils.data import DataLoader
 
 import shmqueue as sq
@@ -31,28 +30,6 @@ if TYPE_CHECKING:
 
 REPO = Path(__file__).resolve().parents[1]
 ORPHAN_EXIT = 5.0  # seconds: "within a couple of seconds" of the training process's death
-
-
-class HangOn(sq.Transform):
-    """Passes subjects through, except the one named ``name``, on which the worker hangs."""
-
-    def __init__(self, name: str) -> None:
-        super().__init__()
-        self.name = name
-
-    def apply(self, subject: sq.Subject, generator: torch.Generator) -> sq.Subject:
-        if subject["name"] == self.name:
-            threading.Event().wait()
-        return subject
-
-
-class SignalTrainingOn(HangOn):
-    """Sends SIGUSR1 to the training process (waiting for this subject), then hangs."""
-
-    def apply(self, subject: sq.Subject, generator: torch.Generator) -> sq.Subject:
-        if subject["name"] == self.name:
-            os.kill(os.getppid(), signal.SIGUSR1)
-        return super().apply(subject, generator)
 
 
 def _pids(queue: sq.Queue) -> list[int]:
@@ -223,12 +200,14 @@ def orphaned_while_stopped(setup: Setup) -> None:
 
 
 def worker_dies_between_epochs(setup: Setup) -> None:
-    """A worker SIGKILLed while idle between epochs (the epoch fits in max_length): the next
-    epoch says which worker died and why, not a bare BrokenPipeError."""
-    queue = setup.queue(max_length=len(setup.subjects) * 4)
+    """A worker SIGKILLed while idle between epochs (e.g. for memory during validation): the
+    next epoch says which worker died and why, not a bare BrokenPipeError.
+
+    A plain list as ``subject_sampler`` keeps the next epoch from being prefetched, so once an
+    epoch is consumed every worker is idle, with its reports read.
+    """
+    queue = setup.queue(subject_sampler=list(range(len(setup.subjects))))
     assert sum(1 for _ in queue) == len(queue)
-    for _ in queue:  # the second epoch: everything of the third is prefetched by its end
-        pass
     pids = _pids(queue)
     os.kill(pids[0], signal.SIGKILL)
     from test_faults import wait_for_exit
@@ -239,20 +218,20 @@ def worker_dies_between_epochs(setup: Setup) -> None:
         pass
 
 
-def _ring_names(pid: int) -> set[str]:
-    """The memfd rings process ``pid`` maps or holds a descriptor of."""
-    names = set()
+def _rings(pid: int) -> set[int]:
+    """The memfd rings (by inode) that process ``pid`` maps or holds a descriptor of."""
+    rings = set()
     for line in Path(f"/proc/{pid}/maps").read_text().splitlines():
-        if "memfd:shmqueue-ring-" in line:
-            names.add(line.split("memfd:", 1)[1].split()[0])
+        fields = line.split()
+        if len(fields) > 5 and fields[5].startswith("/memfd:shmqueue-ring"):
+            rings.add(int(fields[4]))
     for entry in Path(f"/proc/{pid}/fd").iterdir():
         try:
-            target = os.readlink(entry)
+            if os.readlink(entry).startswith("/memfd:shmqueue-ring"):
+                rings.add(os.stat(entry).st_ino)
         except OSError:
             continue
-        if target.startswith("/memfd:shmqueue-ring-"):
-            names.add(target[len("/memfd:") :].split()[0])
-    return names
+    return rings
 
 
 def closed_ring_held_by_later_workers(setup: Setup) -> None:
@@ -260,29 +239,37 @@ def closed_ring_held_by_later_workers(setup: Setup) -> None:
     process keeps A's ring (B's workers inherited neither its descriptor nor its mapping)."""
     first = setup.queue()
     next(iter(first))
-    (ring,) = _ring_names(_pids(first)[0])
+    (ring,) = _rings(_pids(first)[0])
     second = setup.queue()
     next(iter(second))
     first.close()
     setup.strike()
-    holders = [pid for pid in [os.getpid(), *_pids(second)] if ring in _ring_names(pid)]
-    assert not holders, f"processes {holders} still hold the closed queue's ring {ring}"
-    later = _ring_names(_pids(second)[1])
+    holders = [pid for pid in [os.getpid(), *_pids(second)] if ring in _rings(pid)]
+    assert not holders, f"processes {holders} still hold the closed queue's ring (inode {ring})"
+    later = _rings(_pids(second)[1])
     assert len(later) == 1, f"a worker of the second queue holds rings {later}"
 
 
 _STARTUP_SCRIPT = """
-import sys
+import multiprocessing.process, sys
 import torch
 import shmqueue as sq
 
+start = multiprocessing.process.BaseProcess.start
+
+
+def start_and_tell(process):  # the ring exists and the first worker is starting: kill us now
+    start(process)
+    print("worker started", flush=True)
+
+
 if __name__ == "__main__":
+    multiprocessing.process.BaseProcess.start = start_and_tell
     subjects = [sq.Subject(t1=sq.ScalarImage(torch.rand(1, 24, 20, 16)))] * 4
     queue = sq.Queue(
         subjects, sq.UniformSampler(None, 8), max_length=8, patches_per_volume=4,
         num_workers=2, backend="named", multiprocessing_context=sys.argv[1],
     )
-    print("starting", flush=True)
     next(iter(queue))
 """
 
@@ -302,7 +289,7 @@ def named_ring_killed_during_start_up(setup: Setup) -> None:
     try:
         assert training.stdout is not None
         assert select.select([training.stdout], [], [], 120)[0], "the script did not start"
-        assert training.stdout.readline() == "starting\n"
+        assert training.stdout.readline() == "worker started\n"
     finally:
         os.killpg(training.pid, signal.SIGKILL)
         training.wait(30)
@@ -312,6 +299,38 @@ def named_ring_killed_during_start_up(setup: Setup) -> None:
     prefix = f"shmqueue-{training.pid}-"
     left = [name for name in os.listdir("/dev/shm") if name.startswith(prefix)]
     assert not left, f"the killed start-up left {left} in /dev/shm"
+
+
+_UNGUARDED_SCRIPT = """
+import torch
+import shmqueue as sq
+
+# No `if __name__ == "__main__":` guard: each spawn worker runs this again while starting.
+subjects = [sq.Subject(t1=sq.ScalarImage(torch.rand(1, 48, 40, 32)), name=str(i)) for i in range(8)]
+queue = sq.Queue(
+    subjects, sq.UniformSampler(None, 8), max_length=8, patches_per_volume=4, num_workers=2,
+    multiprocessing_context="spawn",
+)
+next(iter(queue))
+"""
+
+
+def spawn_script_without_main_guard(setup: Setup) -> None:
+    """A training script without the ``__main__`` guard, with in-memory subjects (their tensors
+    would fill the pipe that spawn's start-up writes to): a prompt error saying what to do."""
+    script = setup.tmp_path / "unguarded.py"
+    script.write_text(textwrap.dedent(_UNGUARDED_SCRIPT))
+    setup.strike()
+    try:
+        result = subprocess.run(
+            [sys.executable, str(script)], capture_output=True, text=True, timeout=120, cwd=REPO
+        )
+    except subprocess.TimeoutExpired as error:
+        raise AssertionError("the script hung at start-up") from error
+    assert result.returncode != 0
+    last_line = result.stderr.strip().splitlines()[-1]
+    assert last_line.startswith("shmqueue.errors.WorkerDiedError: Worker"), last_line
+    assert "during start-up" in last_line and '`if __name__ == "__main__":`' in last_line
 
 
 # close() under duress (defect 11) -----------------------------------------------------------------

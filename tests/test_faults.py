@@ -18,7 +18,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -26,7 +25,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 from fault_cases_engine import (
     TIMEOUT,
     close_from_a_signal_handler,
@@ -37,6 +35,7 @@ from fault_cases_engine import (
     named_ring_killed_during_start_up,
     orphaned_beside_a_manager,
     orphaned_while_stopped,
+    spawn_script_without_main_guard,
     start_up_cannot_unpickle,
     worker_dies_between_epochs,
     worker_stuck,
@@ -54,6 +53,7 @@ from fault_cases_queue import (
     second_ring_does_not_fit,
     transform_changes_channels,
 )
+from misbehaving import ExitOn, FailOn, InterruptTrainingOn
 
 import shmqueue as sq
 from shmqueue.errors import RemoteTraceback
@@ -65,47 +65,6 @@ PROMPT = 5.0  # seconds: "at once" on a loaded two-core machine; only a hang exc
 STARTUP = 30.0  # seconds to start two spawn workers (each imports torch) on a loaded machine
 SHUTDOWN = 10.0  # seconds for close(): a grace period, then SIGTERM, then SIGKILL
 REPO = Path(__file__).resolve().parents[1]
-
-
-# Transforms that misbehave, at module level so that spawn and forkserver workers can unpickle them
-
-
-class MisbehaveOn(sq.Transform):
-    """Passes subjects through, except the one named ``name``, on which it calls :meth:`act`."""
-
-    def __init__(self, name: str) -> None:
-        super().__init__()
-        self.name = name
-
-    def apply(self, subject: sq.Subject, generator: torch.Generator) -> sq.Subject:
-        if subject["name"] == self.name:
-            self.act()
-        return subject
-
-    def act(self) -> None:
-        raise NotImplementedError
-
-
-class FailOn(MisbehaveOn):
-    """Raises, as a corrupt volume would."""
-
-    def act(self) -> None:
-        raise ValueError(f"intensities of {self.name} are corrupt")
-
-
-class ExitOn(MisbehaveOn):
-    """Ends the worker process, as a library calling exit() would."""
-
-    def act(self) -> None:
-        os._exit(3)
-
-
-class InterruptTrainingOn(MisbehaveOn):
-    """Sends Ctrl-C to the training process (waiting for this subject), then hangs."""
-
-    def act(self) -> None:
-        os.kill(os.getppid(), signal.SIGINT)
-        threading.Event().wait()  # a stuck worker: close() must terminate it
 
 
 # Helpers -----------------------------------------------------------------------------------------
@@ -206,15 +165,15 @@ def check_transform_raises(error: BaseException, setup: Setup) -> None:
     failing = setup.subjects[1]
     message = str(error)
     assert str(failing.t1.path) in message and str(failing.seg.path) in message
-    assert "ValueError: intensities of sub-01 are corrupt" in message
-    assert not message.endswith(".."), "a doubled period"
+    assert "ValueError: intensities of sub-01 are corrupt. The worker's traceback" in message
+    assert "corrupt.." not in message, "a doubled period"
     original = error.__cause__
     assert isinstance(original, ValueError)
-    assert str(original) == "intensities of sub-01 are corrupt"
+    assert str(original) == "intensities of sub-01 are corrupt."
     remote = original.__cause__
     assert isinstance(remote, RemoteTraceback)
     assert "Traceback (most recent call last)" in remote.traceback_text
-    assert 'raise ValueError(f"intensities of {self.name} are corrupt")' in remote.traceback_text
+    assert 'raise ValueError(f"intensities of {self.name} are corrupt.")' in remote.traceback_text
     assert "in act" in remote.traceback_text
     assert_closed(setup.queues[0], "SubjectProcessingError")
 
@@ -471,10 +430,11 @@ FAULTS = (
     Fault(orphaned_while_stopped, "mid-subject", ("fork", "spawn"), None),
     Fault(
         worker_dies_between_epochs, "between epochs", ALL, sq.WorkerDiedError,
-        r"Worker 0 \(pid \d+\) was killed by SIGKILL .*out-of-memory",
+        r"Worker 0 \(pid \d+\) was killed by SIGKILL \(.*out-of-memory killer\) while idle",
     ),
     Fault(closed_ring_held_by_later_workers, "after close()", FORK, None),
     Fault(named_ring_killed_during_start_up, "at start-up", ("spawn",), None),
+    Fault(spawn_script_without_main_guard, "at start-up", ("spawn",), None),
     Fault(close_with_sigchld_ignored, "at close()", FORK, None),
     Fault(
         close_from_a_signal_handler, "while the consumer waits", FORK, sq.QueueClosedError,
