@@ -16,7 +16,7 @@ DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 def _blocks(language: str) -> list[tuple[str, int, str]]:
     found = []
     for document in DOCUMENTS:
-        text = document.read_text()
+        text = document.read_text(encoding="utf-8")
         for match in re.finditer(rf"```{language}\n(.*?)```", text, re.S):
             line = text[: match.start()].count("\n") + 1
             found.append((document.relative_to(ROOT).as_posix(), line, match.group(1)))
@@ -53,5 +53,5 @@ def test_shell_blocks_use_real_targets() -> None:
 
 def test_documents_link_to_existing_files() -> None:
     for document in DOCUMENTS:
-        for target in re.findall(r"\]\(([^)#:]+)\)", document.read_text()):
+        for target in re.findall(r"\]\(([^)#:]+)\)", document.read_text(encoding="utf-8")):
             assert (document.parent / target).exists(), f"{document.name} links {target}"
