@@ -1,7 +1,10 @@
-"""Images: a 3D volume with channels, read lazily from NIfTI (through nibabel) or given in memory.
+"""Images: a 3D volume with channels, read lazily from a file or given in memory.
 
-An :class:`Image` knows its shape, dtype, affine and spacing from the file's header alone; voxels
-are read only by :meth:`Image.load` (or the first access to :attr:`Image.data`). Data is always a
+Files are read by nibabel (NIfTI and what nibabel reads), by SimpleITK (NRRD, MHA/MHD, DICOM
+files and series directories: :mod:`shmqueue.readers`, the ``sitk`` extra), or by a ``reader=``
+the user passes. An :class:`Image` knows its shape, dtype, affine and spacing from the file's
+header alone; voxels are read only by :meth:`Image.load` (or the first access to
+:attr:`Image.data`). Data is always a
 torch tensor shaped ``(C, X, Y, Z)``: float32 for :class:`ScalarImage`, an integer dtype for
 :class:`LabelMap`. Images are immutable in spirit: transforms build new images with
 :meth:`Image.with_data` instead of writing into the tensor.
@@ -15,6 +18,8 @@ import io
 import math
 import os
 import resource
+from collections.abc import Callable
+from contextlib import AbstractContextManager, ExitStack, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, ClassVar
@@ -33,10 +38,14 @@ from .errors import (
     InvalidImageError,
 )
 from .machine import memory_capacity
+from .readers import SITK_EXTRA, open_sitk, reads_with_sitk
 from .units import pretty_bytes
 from .volumes import empty_volume
 
 PathLike = str | os.PathLike[str]
+ImageReader = Callable[[Path], tuple[Any, Any]]
+"""A ``reader=``: a path to ``(data, affine)``, as TorchIO's: data an array or tensor shaped
+``(C, X, Y, Z)`` (or ``(X, Y, Z)``), affine the 4x4 voxel-to-world matrix (RAS+)."""
 GZIP_MAGIC = b"\x1f\x8b"
 GZIP_WBITS = 31  # zlib's wbits for a gzip stream (16 + a 32 KiB window)
 
@@ -57,8 +66,9 @@ _FLOAT_LABEL_DTYPE = torch.int32
 @dataclass(frozen=True)
 class ImageHeader:
     """What the header says: channels-first shape, the voxels' dtype in the file (native byte
-    order), affine, the ``(slope, intercept)`` that scales the stored voxels (``(1.0, 0.0)``:
-    unscaled), and whether the file is gzip-compressed (``.gz``, as nibabel decides)."""
+    order; for SimpleITK and ``reader=``, as they return them), affine, the ``(slope, intercept)``
+    that scales the stored voxels (``(1.0, 0.0)``: unscaled), and whether the file is a gzipped
+    NIfTI that shmqueue inflates itself (``.gz``, as nibabel decides)."""
 
     shape: tuple[int, int, int, int]
     stored_dtype: np.dtype[Any]
@@ -114,6 +124,15 @@ def _file_header(proxy: Any, path: Path) -> ImageHeader:
     stored = np.dtype(proxy.get_data_dtype()).newbyteorder("=")
     affine = np.asarray(proxy.affine, np.float64)
     return ImageHeader(shape, stored, affine, scaling, path.name.endswith(".gz"))
+
+
+@dataclass(frozen=True)
+class _OpenedFile:
+    """An image file whose header was read, and a context manager giving its stored voxels,
+    unscaled, in any layout that reshapes to the header's ``(X, Y, Z, C)``, valid in its block."""
+
+    header: ImageHeader
+    voxels: Callable[[], AbstractContextManager[np.ndarray]]
 
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
@@ -260,15 +279,25 @@ class Image:
     """A 3D image with channels, from a path or from a tensor/array.
 
     Args:
-        path_or_data: a path to a NIfTI file (``.nii``, ``.nii.gz``, anything nibabel reads), or a
-            tensor/array shaped ``(C, X, Y, Z)`` or ``(X, Y, Z)``.
+        path_or_data: a path to an image file, or a tensor/array shaped ``(C, X, Y, Z)`` or
+            ``(X, Y, Z)``. NIfTI (``.nii``, ``.nii.gz``) and anything nibabel reads is read by
+            nibabel; NRRD (``.nrrd``, ``.nhdr``), MetaImage (``.mha``, ``.mhd``), DICOM files
+            (``.dcm``) and directories holding one DICOM series by SimpleITK (install
+            ``shmqueue[sitk]``), its LPS world turned to RAS+.
         affine: the 4x4 voxel-to-world matrix for in-memory data (identity when omitted). For
             files it comes from the header.
+        reader: reads a path in any other format: a callable ``path -> (data, affine)`` as
+            TorchIO's ``reader``, data an array or tensor shaped ``(C, X, Y, Z)`` or
+            ``(X, Y, Z)`` in any dtype (loaded by the same rules as a file's), affine 4x4
+            (RAS+). It has no header-only read: the header (shape, dtype, affine; needed when
+            a queue is built) costs one call, whose data is dropped, and each load one more.
+            Workers started by spawn or forkserver get it pickled: pass a module-level function
+            or a picklable object, not a lambda.
 
     Raises:
         ImageFileNotFoundError: the path does not exist.
-        ImageFileError: the path is a directory (a DICOM series is not read yet).
         InvalidImageError: the data has the wrong number of dimensions.
+        TypeError: ``affine`` given with a path, ``reader`` with data, or ``reader`` not callable.
 
     Example:
         >>> import torch, shmqueue as sq
@@ -279,10 +308,19 @@ class Image:
 
     kind: ClassVar[str] = "image"
 
-    def __init__(self, path_or_data: PathLike | torch.Tensor | np.ndarray, *, affine: Any = None):
+    def __init__(
+        self,
+        path_or_data: PathLike | torch.Tensor | np.ndarray,
+        *,
+        affine: Any = None,
+        reader: ImageReader | None = None,
+    ):
         self.path: Path | None = None
         self._data: torch.Tensor | None = None
         self._header: ImageHeader | None = None
+        self._reader = reader
+        if reader is not None and not callable(reader):
+            raise TypeError(f"reader must be callable (path -> (data, affine)), got {reader!r}")
         if isinstance(path_or_data, np.ndarray):
             path_or_data = _native_byte_order(path_or_data)
         if isinstance(path_or_data, (torch.Tensor, np.ndarray)):
@@ -294,18 +332,13 @@ class Image:
                 raise InvalidImageError(f"affine must be 4x4, got shape {matrix.shape}")
             stored = numpy_dtype(self._data.dtype)
             self._header = ImageHeader(shape, stored, matrix)
+            if reader is not None:
+                raise TypeError("reader reads a path; in-memory data needs none")
         else:
             if affine is not None:
                 raise TypeError("affine is read from the file's header; pass it only with data")
             self.path = Path(path_or_data).expanduser()
-            if not self.path.is_file():
-                if self.path.is_dir():
-                    raise ImageFileError(
-                        f"'{self.path}' is a directory, not an image file: a {type(self).__name__}"
-                        " needs the path of one NIfTI file (.nii or .nii.gz). DICOM series"
-                        " directories are not supported yet; convert the series to NIfTI first"
-                        " (e.g. with dcm2niix)."
-                    )
+            if not self.path.exists():  # a directory is a DICOM series, or the reader's to read
                 raise ImageFileNotFoundError(
                     f"Image file not found: '{self.path}' (resolved from '{Path.cwd()}'). Check"
                     " the path, or that the dataset is mounted."
@@ -316,10 +349,10 @@ class Image:
     @property
     def header(self) -> ImageHeader:
         """Shape, stored dtype, affine, scaling and compression, read from the file's header
-        without reading voxels (a NIfTI file is opened once for it)."""
+        without reading voxels (a NIfTI file is opened once for it; a DICOM series' first and
+        last files), except with ``reader=``, which is called once for it."""
         if self._header is None:
-            assert self.path is not None
-            self._header = _file_header(self._open(header_only=True), self.path)
+            self._header = self._open(header_only=True).header
         return self._header
 
     @property
@@ -389,9 +422,8 @@ class Image:
         """
         if self._data is not None:
             return
-        assert self.path is not None
-        proxy = self._open()  # reads the header: compared below at no extra cost
-        now = _file_header(proxy, self.path)
+        opened = self._open()  # reads the header: compared below at no extra cost
+        now = opened.header
         if self._header is None:
             self._header = now
         elif changes := self._header.changes_to(now):
@@ -402,44 +434,47 @@ class Image:
                 " or leave the files unchanged while a queue reads them."
             )
         try:
-            self._data = self._read_voxels(proxy, now)
+            self._data = self._read_voxels(opened)
         except Exception as error:
             if not _is_out_of_memory(error):
                 raise
-            raise self._out_of_memory(proxy, now) from error
+            raise self._out_of_memory(now) from error
 
-    def _read_voxels(self, proxy: Any, header: ImageHeader) -> torch.Tensor:
-        """The voxels of the file opened as ``proxy``, as :meth:`load` describes."""
-        assert self.path is not None
-        try:
-            array = _read_unscaled(proxy, self.path)
-        except FileNotFoundError as error:
-            raise self._missing() from error
-        except Exception as error:
-            if _is_out_of_memory(error):
-                raise
-            raise ImageFileError(
-                f"Cannot read the voxels of '{self.path}': {type(error).__name__}: {error}. The"
-                " file is probably truncated or corrupt; re-export or re-copy it."
-            ) from error
+    def _read_voxels(self, opened: _OpenedFile) -> torch.Tensor:
+        """The voxels of the file ``opened``, as :meth:`load` describes."""
+        header = opened.header
         shape = header.shape
-        array = array.reshape((*shape[1:], shape[0]))  # (X, Y, Z, C) from any accepted layout
-        stored = array.dtype.newbyteorder("=")
-        slope, inter = header.scaling
-        scaled = header.scaling != (1.0, 0.0)
-        target = torch.float32 if scaled else self._loaded_dtype(stored)
-        if stored.kind == "f" and not target.is_floating_point:
-            # A float label map: kept as stored until _convert_dtype checks it holds integers.
-            target = torch.float64 if stored.itemsize == 8 else torch.float32
-        tensor = empty_volume(shape, target)
-        np.copyto(tensor.numpy(), np.moveaxis(array, -1, 0), casting="unsafe")
+        with ExitStack() as reading:
+            try:
+                array = reading.enter_context(opened.voxels())
+            except FileNotFoundError as error:
+                raise self._missing() from error
+            except ImageFileError:
+                raise
+            except Exception as error:
+                if _is_out_of_memory(error):
+                    raise
+                raise ImageFileError(
+                    f"Cannot read the voxels of '{self.path}': {type(error).__name__}: {error}."
+                    " The file is probably truncated or corrupt; re-export or re-copy it."
+                ) from error
+            array = array.reshape((*shape[1:], shape[0]))  # (X, Y, Z, C) from any accepted layout
+            stored = array.dtype.newbyteorder("=")
+            slope, inter = header.scaling
+            scaled = header.scaling != (1.0, 0.0)
+            target = torch.float32 if scaled else self._loaded_dtype(stored)
+            if stored.kind == "f" and not target.is_floating_point:
+                # A float label map: kept as stored until _convert_dtype checks it holds integers.
+                target = torch.float64 if stored.itemsize == 8 else torch.float32
+            tensor = empty_volume(shape, target)
+            np.copyto(tensor.numpy(), np.moveaxis(array, -1, 0), casting="unsafe")
         if scaled:
             tensor.mul_(slope).add_(inter)
         return self._convert_dtype(tensor, f"image file '{self.path}'")
 
-    def _out_of_memory(self, proxy: Any, header: ImageHeader) -> ImageMemoryError:
+    def _out_of_memory(self, header: ImageHeader) -> ImageMemoryError:
         """The error for memory running out while loading, with what was needed and what is left."""
-        stored = math.prod(proxy.shape) * header.stored_dtype.itemsize
+        stored = math.prod(header.shape) * header.stored_dtype.itemsize
         loaded_dtype = self._loaded_dtype(header.read_dtype)
         loaded = math.prod(header.shape) * loaded_dtype.itemsize
         address_space, _ = resource.getrlimit(resource.RLIMIT_AS)
@@ -517,27 +552,73 @@ class Image:
         return f"{type(self).__name__}({source}, shape={self.shape}, {state})"
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"path": self.path, "_data": self._data, "_header": self._header}
+        return {
+            "path": self.path,
+            "_data": self._data,
+            "_header": self._header,
+            "_reader": self._reader,
+        }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
 
     # Subclass hooks ---------------------------------------------------------------------------
 
-    def _open(self, header_only: bool = False) -> Any:
-        """The nibabel image of the file; with ``header_only``, possibly one whose voxels cannot
-        be read (see :func:`_open_nifti_header`)."""
-        assert self.path is not None
+    def _open(self, header_only: bool = False) -> _OpenedFile:
+        """The file with its header read, by ``reader=``, SimpleITK or nibabel; with
+        ``header_only``, possibly one whose voxels cannot be read (see
+        :func:`_open_nifti_header`)."""
+        path = self.path
+        assert path is not None
+        if self._reader is not None:
+            return self._open_with_reader(path)
+        if not path.exists():
+            raise self._missing()
+        if reads_with_sitk(path):
+            opened = open_sitk(path)
+            return _OpenedFile(
+                ImageHeader(opened.shape, opened.dtype, opened.affine), opened.voxels
+            )
         try:
-            image = _open_nifti_header(self.path) if header_only else None
-            return nib.load(self.path) if image is None else image
+            image = _open_nifti_header(path) if header_only else None
+            proxy = nib.load(path) if image is None else image
         except FileNotFoundError as error:
             raise self._missing() from error
         except Exception as error:
             raise ImageFileError(
-                f"Cannot read the header of '{self.path}': {type(error).__name__}: {error}. Use"
-                " a NIfTI file (.nii or .nii.gz) or another format nibabel reads."
+                f"Cannot read the header of '{path}': {type(error).__name__}: {error}. shmqueue"
+                " reads NIfTI (.nii, .nii.gz) and what nibabel reads; NRRD, MHA/MHD and DICOM"
+                f" with SimpleITK ({SITK_EXTRA}); any other format with reader=."
             ) from error
+        return _OpenedFile(
+            _file_header(proxy, path), lambda: nullcontext(_read_unscaled(proxy, path))
+        )
+
+    def _open_with_reader(self, path: Path) -> _OpenedFile:
+        """The file as ``reader=`` reads it: its voxels, and the header made from them."""
+        assert self._reader is not None
+        name = getattr(self._reader, "__qualname__", repr(self._reader))
+        try:
+            data, affine = self._reader(path)
+        except FileNotFoundError as error:
+            raise self._missing() from error
+        except Exception as error:
+            if _is_out_of_memory(error):
+                raise
+            raise ImageFileError(
+                f"The reader {name} failed on '{path}': {type(error).__name__}: {error}"
+            ) from error
+        array = data.numpy(force=True) if isinstance(data, torch.Tensor) else np.asarray(data)
+        source = f"The data {name} read from '{path}'"
+        shape = _validate_tensor_shape(array.shape, source)
+        matrix = np.asarray(affine, dtype=np.float64)
+        if matrix.shape != (4, 4):
+            raise InvalidImageError(
+                f"{source} came with an affine of shape {matrix.shape}, not 4x4"
+            )
+        array = _native_byte_order(array).reshape(shape)
+        header = ImageHeader(shape, array.dtype, matrix)
+        return _OpenedFile(header, lambda: nullcontext(np.moveaxis(array, 0, -1)))
 
     def _loaded_dtype(self, stored: np.dtype[Any]) -> torch.dtype:
         raise NotImplementedError

@@ -42,7 +42,8 @@ class WorkerPeak:
         subject_list: the worker's copy of the subject list (paths and headers; also the voxels
             of in-memory images, except under fork, where they stay shared).
         raw: volumes in their stored dtype: the inflated bytes of a ``.nii.gz``, the memory map
-            of a ``.nii``, or nibabel's read buffer for other formats.
+            of a ``.nii``, or the buffer nibabel, SimpleITK or a ``reader=`` reads other formats
+            into.
         decompression: the pieces in flight (1 MiB read, 1 MiB inflated) while a ``.nii.gz`` is
             inflated.
         loaded: volumes in their loaded dtype (float32 for scalar images, the label dtype).
