@@ -397,6 +397,15 @@ class Lambda(Transform):
     """Apply ``function(tensor) -> tensor`` to each image (or only to ``types_to_apply``).
 
     The function receives the ``(C, X, Y, Z)`` tensor and must not modify it in place.
+
+    It is called once per image, separately, and gets no generator: it must be deterministic.
+    A random function would draw anew for each image, so a label map would no longer match its
+    image (``Lambda(torchio.RandomAffine())`` gives a foreground Dice of about 0.76 between
+    them), and it would draw from global random state, which the queue does not seed for it.
+    For a random transform of the whole subject, pass a callable ``Subject -> Subject`` as the
+    transform (the queue seeds torch's, numpy's and Python's global generators for it from
+    ``(seed, epoch, subject)``), or wrap a TorchIO or MONAI transform in
+    :class:`~shmqueue.TorchioAdapter` or :class:`~shmqueue.MonaiAdapter`.
     """
 
     def __init__(
