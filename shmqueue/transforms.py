@@ -6,7 +6,8 @@ augmented subject is the same whichever worker process made it and whenever. Tra
 write into their input's tensors; they return a new Subject with new images.
 
 Any callable ``Subject -> Subject`` is accepted wherever a transform is; such a callable gets no
-generator, so it is reproducible only if it is deterministic.
+generator, so the queue runs it with torch's, numpy's and Python's global generators seeded from
+the task's (see :func:`shmqueue.pipeline.apply_step`): reproducible, and independent of the worker.
 
 Every transform also describes itself without voxels (:mod:`shmqueue.specs`): its output given
 its input's description, whether it is random, how much of the volume it needs, and what it
