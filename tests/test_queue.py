@@ -524,7 +524,7 @@ BAD_INPUTS = {
         missing_file, ImageFileNotFoundError, ("sub-01_t1.nii.gz", "Check the path")
     ),
     "unreadable-file": BadInput(
-        garbage_file, ImageFileError, ("subjects[0]", "sub-01_t1.nii.gz", "Use a NIfTI file")
+        garbage_file, ImageFileError, ("subjects[0]", "sub-01_t1.nii.gz", "reader=")
     ),
     "truncated-file": BadInput(
         truncated_file,
