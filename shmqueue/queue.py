@@ -27,6 +27,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 from .arguments import check_count
 from .batch import Batch
 from .catalog import Catalog
+from .dataset import SubjectsDataset
 from .distributed import check_subject_sampler, predictable_sampler, warn_equalized
 from .engine.backends import resolve_backend, resolve_context
 from .engine.consumer import EngineSource
@@ -75,12 +76,19 @@ class Queue(IterableDataset[Subject]):
     construction and again when the first iteration starts the workers, against the memory
     available then.
 
+    TorchIO 1.x's call form works too: ``Queue(subjects_dataset, max_length,
+    samples_per_volume, sampler, num_workers=...)``, told apart by the int in second place.
+
     Args:
-        subjects: the subjects (a sequence of :class:`~shmqueue.Subject`).
-        patch_sampler: where patches come from, e.g. :class:`~shmqueue.UniformSampler`.
+        subjects: the subjects (a sequence of :class:`~shmqueue.Subject`), or a
+            :class:`~shmqueue.SubjectsDataset`, whose transform the queue then applies (in its
+            workers, seeded as ``transform`` is).
+        patch_sampler: where patches come from, e.g. :class:`~shmqueue.UniformSampler`
+            (``sampler=`` in TorchIO 1.x).
         max_length: buffer capacity in patches (>= ``patches_per_volume``). Larger mixes more
-            and uses more shared memory.
-        patches_per_volume: patches drawn from each subject per epoch.
+            and uses more shared memory. Default 300.
+        patches_per_volume: patches drawn from each subject per epoch (``samples_per_volume=``
+            in TorchIO 1.x). Default 10.
         num_workers: worker processes; 0 runs everything in the training process.
         shuffle_subjects: shuffle the subject order every epoch (must be False with a
             ``subject_sampler``, which decides the order).
@@ -122,11 +130,13 @@ class Queue(IterableDataset[Subject]):
 
     def __init__(
         self,
-        subjects: Sequence[Subject],
-        patch_sampler: PatchSampler,
-        *,
-        max_length: int = 300,
-        patches_per_volume: int = 10,
+        subjects: Sequence[Subject] | SubjectsDataset,
+        patch_sampler: PatchSampler | int | None = None,
+        *torchio1_arguments: Any,
+        max_length: int | None = None,
+        patches_per_volume: int | None = None,
+        samples_per_volume: int | None = None,
+        sampler: PatchSampler | None = None,
         num_workers: int = 0,
         shuffle_subjects: bool = True,
         shuffle_patches: bool = True,
@@ -140,6 +150,22 @@ class Queue(IterableDataset[Subject]):
         check_memory: bool = True,
         timeout: float = 0.0,
     ) -> None:
+        patch_sampler, max_length, patches_per_volume = _call_form(
+            patch_sampler,
+            torchio1_arguments,
+            max_length=max_length,
+            patches_per_volume=patches_per_volume,
+            samples_per_volume=samples_per_volume,
+            sampler=sampler,
+        )
+        if isinstance(subjects, SubjectsDataset):
+            if transform is not None and subjects.transform is not None:
+                raise ValueError(
+                    "Both the SubjectsDataset and the Queue have a transform: give it to one of"
+                    " them (the queue applies the dataset's in its workers)."
+                )
+            transform = subjects.transform if transform is None else transform
+            subjects = subjects.subjects
         self.max_length = check_count("max_length", max_length)
         self.patches_per_volume = check_count("patches_per_volume", patches_per_volume)
         if self.max_length < self.patches_per_volume:
@@ -511,6 +537,66 @@ class Queue(IterableDataset[Subject]):
         if self._closed_reason is None:
             self._closed_reason = reason
         self._source.close()
+
+
+def _call_form(
+    second: PatchSampler | int | None,
+    torchio1_arguments: tuple[Any, ...],
+    *,
+    max_length: int | None,
+    patches_per_volume: int | None,
+    samples_per_volume: int | None,
+    sampler: PatchSampler | None,
+) -> tuple[Any, int, int]:
+    """The sampler, ``max_length`` and ``patches_per_volume`` of a Queue call in either form.
+
+    shmqueue's ``Queue(subjects, sampler, max_length=..., patches_per_volume=...)`` and TorchIO
+    1.x's ``Queue(subjects, max_length, samples_per_volume, sampler)`` differ in the second
+    argument: a sampler or an int. Keywords may name any of them, with either library's names,
+    once.
+    """
+    given: dict[str, list[Any]] = {
+        "max_length": [max_length],
+        "patches_per_volume": [patches_per_volume, samples_per_volume],
+        "sampler": [sampler],
+    }
+    if isinstance(second, int) and not isinstance(second, bool):
+        if len(torchio1_arguments) > 2:
+            raise TypeError(
+                "Queue takes at most four positional arguments in TorchIO 1.x's form"
+                " (subjects_dataset, max_length, samples_per_volume, sampler); pass the others"
+                " by keyword."
+            )
+        positional = dict(
+            zip(["max_length", "patches_per_volume", "sampler"], [second, *torchio1_arguments])
+        )
+        for name, value in positional.items():
+            given[name].append(value)
+    else:
+        if torchio1_arguments:
+            raise TypeError(
+                "Queue(subjects, patch_sampler, ...) takes its other arguments by keyword"
+                " (max_length=, patches_per_volume=, ...); TorchIO 1.x's positional form has"
+                " max_length, an int, second: Queue(subjects, max_length, samples_per_volume,"
+                " sampler)."
+            )
+        given["sampler"].append(second)
+    chosen: dict[str, Any] = {}
+    for name, values in given.items():
+        present = [value for value in values if value is not None]
+        if len(present) > 1:
+            raise TypeError(
+                f"Queue got {name} twice (by position and keyword, or under both its shmqueue"
+                " and its TorchIO 1.x name): give it once."
+            )
+        chosen[name] = present[0] if present else None
+    if chosen["sampler"] is None:
+        raise TypeError(
+            "Queue needs a patch sampler: Queue(subjects, UniformSampler(patch_size), ...)"
+        )
+    max_length_or_default = 300 if chosen["max_length"] is None else chosen["max_length"]
+    per_volume = chosen["patches_per_volume"]
+    return chosen["sampler"], max_length_or_default, 10 if per_volume is None else per_volume
 
 
 def _weak(method: Callable[_Params, _Result]) -> Callable[_Params, _Result]:

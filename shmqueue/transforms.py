@@ -316,11 +316,9 @@ class Noise(Transform):
         self.std = std
 
     def apply(self, subject: Subject, generator: torch.Generator) -> Subject:
-        def add_noise(data: torch.Tensor) -> torch.Tensor:
-            noisy = empty_volume(tuple(data.shape), data.dtype)
-            return noisy.normal_(self.mean, self.std, generator=generator).add_(data)
-
-        return _replace_images(subject, add_noise, (ScalarImage,))
+        return _replace_images(
+            subject, lambda data: add_noise(data, self.mean, self.std, generator), (ScalarImage,)
+        )
 
     def output_spec(self, images: SubjectSpec) -> dict[str, ImageSpec]:
         return dict(images)
@@ -332,6 +330,14 @@ class Noise(Transform):
     def memory_cost(self, images: SubjectSpec) -> list[VolumeCost]:
         """One noise volume per scalar image, to which the image is added in place."""
         return _volume_costs(images, (ScalarImage,), peak=1, output=1)
+
+
+def add_noise(
+    data: torch.Tensor, mean: float, std: float, generator: torch.Generator
+) -> torch.Tensor:
+    """``data`` plus Gaussian noise ``N(mean, std)`` drawn from ``generator``, in a new volume."""
+    noisy = empty_volume(tuple(data.shape), data.dtype)
+    return noisy.normal_(mean, std, generator=generator).add_(data)
 
 
 class _IntensityMap(Transform):

@@ -11,7 +11,7 @@ description, for the memory estimator.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 import torch
 
@@ -40,11 +40,16 @@ def as_patch_size(patch_size: int | Sequence[int]) -> Triple:
     return (size[0], size[1], size[2])
 
 
-@dataclass(frozen=True)
-class PatchLocation:
-    """Where a patch lies in its subject: the first voxel ``index`` and the ``size``, in voxels."""
+class PatchLocation(NamedTuple):
+    """Where a patch lies in its subject: the first voxel ``index`` and the ``size``, in voxels.
 
-    index: Triple
+    A NamedTuple, not a frozen dataclass, because it travels in batches: libraries that move a
+    batch to a device rebuild every container in it (PyTorch Lightning's ``apply_to_collection``
+    refuses frozen dataclasses, and rebuilds NamedTuples).
+    """
+
+    # Shadows tuple.index(value), which nothing asks of a location.
+    index: Triple  # type: ignore[assignment]
     size: Triple
 
     def to_slices(self) -> tuple[slice, slice, slice]:
@@ -71,8 +76,36 @@ def extract_patch(subject: Subject, location: PatchLocation) -> Subject:
     return Subject({**subject.metadata, **patch, PATCH_LOCATION_KEY: location})
 
 
+def torchio1_arguments(first: Any, later: Sequence[Any]) -> tuple[Subject | None, list[Any]]:
+    """A sampler's arguments in either call form: ``(subject, patch_size, ...)`` (2.0) or, when
+    the first argument is not a Subject, TorchIO 1.x's ``(patch_size, ...)``.
+
+    ``later`` holds the values bound to the parameters after ``subject`` (``patch_size`` first).
+    In a 1.x call the arguments given by position sit one parameter early, and those given by
+    keyword where they belong; a 1.x call passes its leading arguments by position, so the
+    leading non-None values are shifted one parameter on. Returns the subject (None in 1.x) and
+    the values of the parameters after it.
+
+    Example:
+        >>> torchio1_arguments(64, ["seg", None, {1: 1.0}, None])  # LabelSampler(64, "seg", ...)
+        (None, [64, 'seg', {1: 1.0}, None])
+    """
+    if first is None or isinstance(first, Subject):
+        return first, list(later)
+    given = next((number for number, value in enumerate(later) if value is None), len(later))
+    if given == len(later):
+        raise TypeError(
+            f"Too many positional arguments for a sampler built from a patch size ({first!r})"
+            " without a subject, as in TorchIO 1.x: pass the later ones by keyword."
+        )
+    return None, [first, *later[:given], *later[given + 1 :]]
+
+
 class PatchSampler:
     """Base class of samplers: ``sampler(subject, num_patches, generator)`` yields patch Subjects.
+
+    TorchIO 1.x's form, from the patch size alone (``UniformSampler(64)``), works too: the first
+    argument is the subject only if it is a :class:`~shmqueue.Subject` (or None).
 
     Args:
         subject: optional subject to check the patch size against now and to draw from when the
@@ -83,10 +116,19 @@ class PatchSampler:
 
     def __init__(
         self,
-        subject: Subject | None,
-        patch_size: int | Sequence[int],
+        subject: Subject | int | Sequence[int] | None = None,
+        patch_size: int | Sequence[int] | None = None,
         num_patches: int | None = None,
     ) -> None:
+        bound, (size, count) = torchio1_arguments(subject, [patch_size, num_patches])
+        self._bind(bound, size, count)
+
+    def _bind(
+        self, subject: Subject | None, patch_size: int | Sequence[int] | None, num_patches: Any
+    ) -> None:
+        """Set the arguments every sampler has and check the patch fits the subject, if any."""
+        if patch_size is None:
+            raise TypeError(f"{type(self).__name__} needs a patch_size")
         self.patch_size = as_patch_size(patch_size)
         self.subject = subject
         self.num_patches = num_patches

@@ -13,9 +13,15 @@ import torch
 
 from ..errors import SamplingError
 from ..image import LabelMap
-from ..specs import SubjectSpec
+from ..specs import ImageSpec, SubjectSpec
 from ..subject import Subject
-from .base import MAP_DRAW_BYTES, PatchLocation, PatchSampler, spatial_voxels
+from .base import (
+    MAP_DRAW_BYTES,
+    PatchLocation,
+    PatchSampler,
+    spatial_voxels,
+    torchio1_arguments,
+)
 
 
 def _draw_from_map(
@@ -62,20 +68,29 @@ class WeightedSampler(PatchSampler):
     """Draw patches centred according to a probability-map image of the subject.
 
     Args:
-        subject: optional subject, as for every sampler.
+        subject: optional subject, as for every sampler; TorchIO 1.x's
+            ``WeightedSampler(patch_size, probability_map)`` works too.
         patch_size: an int or three ints.
         probability_map: the name of the subject's image holding the (unnormalised) map.
     """
 
     def __init__(
         self,
-        subject: Subject | None,
-        patch_size: int | Sequence[int],
-        probability_map: str,
+        subject: Subject | int | Sequence[int] | None = None,
+        patch_size: int | Sequence[int] | str | None = None,
+        probability_map: str | None = None,
         num_patches: int | None = None,
     ) -> None:
-        self.probability_map = probability_map
-        super().__init__(subject, patch_size, num_patches)
+        bound, (size, name, count) = torchio1_arguments(
+            subject, [patch_size, probability_map, num_patches]
+        )
+        if not isinstance(name, str):
+            raise TypeError(
+                "WeightedSampler needs probability_map, the name of the subject's image holding"
+                f" the map; got {name!r}"
+            )
+        self.probability_map = name
+        self._bind(bound, size, count)
 
     def locations(
         self, subject: Subject, num_patches: int, generator: torch.Generator
@@ -105,10 +120,13 @@ class LabelSampler(PatchSampler):
     Args:
         subject: optional subject, as for every sampler.
         patch_size: an int or three ints.
-        label_name: the name of the subject's :class:`~shmqueue.LabelMap`.
+        label_name: the name of the subject's :class:`~shmqueue.LabelMap`; ``None``: the
+            subject's first LabelMap (as in TorchIO 1.x).
         label_probabilities: ``{label: probability}`` of centring a patch on each label. ``None``
             centres patches uniformly on the foreground (label > 0). Multi-channel label maps are
             read as one-hot: channel ``c`` is label ``c``.
+
+    TorchIO 1.x's ``LabelSampler(patch_size, label_name, label_probabilities)`` works too.
 
     Raises:
         SamplingError: a label named in ``label_probabilities`` is absent from a subject, or no
@@ -117,27 +135,32 @@ class LabelSampler(PatchSampler):
 
     def __init__(
         self,
-        subject: Subject | None,
-        patch_size: int | Sequence[int],
-        label_name: str,
+        subject: Subject | int | Sequence[int] | None = None,
+        patch_size: int | Sequence[int] | str | None = None,
+        label_name: str | Mapping[int, float] | None = None,
         label_probabilities: Mapping[int, float] | None = None,
         num_patches: int | None = None,
     ) -> None:
-        self.label_name = label_name
-        if label_probabilities is not None and any(p < 0 for p in label_probabilities.values()):
-            raise ValueError(f"label_probabilities must be >= 0, got {label_probabilities}")
-        self.label_probabilities = (
-            None if label_probabilities is None else dict(label_probabilities)
+        bound, (size, name, probabilities, count) = torchio1_arguments(
+            subject, [patch_size, label_name, label_probabilities, num_patches]
         )
-        super().__init__(subject, patch_size, num_patches)
+        if name is not None and not isinstance(name, str):
+            raise TypeError(f"label_name must be the name of a LabelMap, got {name!r}")
+        if probabilities is not None and any(p < 0 for p in probabilities.values()):
+            raise ValueError(f"label_probabilities must be >= 0, got {probabilities}")
+        self.label_name: str | None = name
+        self.label_probabilities = None if probabilities is None else dict(probabilities)
+        self._bind(bound, size, count)
 
     def locations(
         self, subject: Subject, num_patches: int, generator: torch.Generator
     ) -> list[PatchLocation]:
-        image = subject.images.get(self.label_name)
+        label_name = self._label_name(subject.images)
+        image = subject.images.get(label_name) if label_name is not None else None
         if not isinstance(image, LabelMap):
+            wanted = "no LabelMap" if label_name is None else f"no LabelMap named '{label_name}'"
             raise SamplingError(
-                f"{subject.describe()} has no LabelMap named '{self.label_name}'; its images are"
+                f"{subject.describe()} has {wanted}; its images are"
                 f" {[f'{n} ({type(i).__name__})' for n, i in subject.images.items()]}."
             )
         data = image.data
@@ -156,19 +179,31 @@ class LabelSampler(PatchSampler):
                 present = torch.nonzero(counts).reshape(-1).tolist()
                 raise SamplingError(
                     f"label_probabilities names labels {absent} that are absent from the label"
-                    f" map '{self.label_name}' of {subject.describe()}; labels present:"
+                    f" map '{label_name}' of {subject.describe()}; labels present:"
                     f" {present}. Remove them or check the label map."
                 )
             for label, weight in self.label_probabilities.items():
                 mask = labels == label
                 probability[mask] = weight / float(counts[label])
-        description = f"label map '{self.label_name}'"
+        description = f"label map '{label_name}'"
         return _draw_from_map(self, probability, subject, description, num_patches, generator)
 
     def memory_cost(self, images: SubjectSpec) -> int:
         """The draw from the label probability map, after an int64 argmax over the channels of a
         multi-channel (one-hot) label map."""
         voxels = spatial_voxels(images)
-        image = images.get(self.label_name)
+        label_name = self._label_name(images)
+        image = None if label_name is None else images.get(label_name)
         argmax = 8 * voxels if image is not None and image.channels > 1 else 0
         return argmax + MAP_DRAW_BYTES * voxels
+
+    def _label_name(self, images: Mapping[str, object]) -> str | None:
+        """``label_name``, or else the name of the first label map among ``images`` (images or
+        their descriptions), if any."""
+        if self.label_name is not None:
+            return self.label_name
+        for name, image in images.items():
+            kind = image.kind if isinstance(image, ImageSpec) else type(image)
+            if isinstance(kind, type) and issubclass(kind, LabelMap):
+                return name
+        return None

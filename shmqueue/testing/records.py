@@ -18,7 +18,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..batch import LOCATION_KEY, Batch, BatchImage
+from ..batch import Batch, BatchImage
+from ..constants import LOCATION as LOCATION_KEY
 from ..sampling.base import PATCH_LOCATION_KEY, PatchLocation
 from ..subject import Subject
 
