@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+import shmqueue as sq
 from shmqueue.batch import Batch, BatchImage, collate_subjects
 from shmqueue.image import LabelMap, ScalarImage
 from shmqueue.loader import SubjectsLoader
@@ -94,8 +95,8 @@ def test_missing_keys_raise_attribute_error(patches: list[Subject]) -> None:
         batch.t1.mask  # noqa: B018
 
 
-def test_collate_needs_a_patch() -> None:
-    with pytest.raises(ValueError, match="at least one patch"):
+def test_collate_needs_a_subject() -> None:
+    with pytest.raises(ValueError, match="at least one subject"):
         collate_subjects([])
 
 
@@ -117,3 +118,70 @@ def test_metadata_keys_may_differ_between_subjects() -> None:
     assert batch.name == ["a", "b", None]
     assert batch.age == [None, 3, None]
     assert batch.site == [None, None, "X"]
+
+
+# Whole volumes, plain DataLoaders and Lightning ------------------------------------------------
+
+
+def whole_volumes(count: int, shape: tuple[int, int, int] = (6, 5, 4)) -> list[Subject]:
+    return [
+        Subject(
+            t1=ScalarImage(torch.full((1, *shape), float(index))),
+            seg=LabelMap(torch.zeros((1, *shape), dtype=torch.uint8)),
+            name=f"sub-{index}",
+        )
+        for index in range(count)
+    ]
+
+
+def test_whole_volumes_collate_without_locations() -> None:
+    batch = collate_subjects(whole_volumes(2))
+    assert batch.t1.data.shape == (2, 1, 6, 5, 4) and batch.name == ["sub-0", "sub-1"]
+    assert "location" not in batch and "patch_location" not in batch
+
+
+def test_a_subjects_loader_over_a_subjects_dataset_yields_whole_volumes() -> None:
+    loader = SubjectsLoader(sq.SubjectsDataset(whole_volumes(3)), batch_size=1)
+    batches = list(loader)
+    assert len(batches) == len(loader) == 3
+    assert [batch.name for batch in batches] == [["sub-0"], ["sub-1"], ["sub-2"]]
+
+
+def test_whole_volumes_of_different_shapes_or_mixed_with_patches_are_explained(
+    patches: list[Subject],
+) -> None:
+    mixed = [*whole_volumes(1), *whole_volumes(1, shape=(4, 4, 4))]
+    with pytest.raises(ValueError, match=r"image 't1' of different shapes.*batch_size=1"):
+        collate_subjects(mixed)
+    with pytest.raises(ValueError, match="1 patches and 1 whole volumes"):
+        collate_subjects([patches[0], whole_volumes(1)[0]])
+
+
+def test_a_plain_dataloader_collates_subjects() -> None:
+    subjects = whole_volumes(4, shape=(8, 8, 8))
+
+    def queue() -> sq.Queue:
+        return sq.Queue(subjects, sq.UniformSampler(4), max_length=4, patches_per_volume=2, seed=0)
+
+    with queue() as first, queue() as second:
+        plain = list(torch.utils.data.DataLoader(first, batch_size=3))
+        loaded = list(SubjectsLoader(second, batch_size=3))
+    assert [batch.t1.data.shape[0] for batch in plain] == [3, 3, 2]
+    for ours, theirs in zip(plain, loaded, strict=True):
+        assert torch.equal(ours.t1.data, theirs.t1.data)
+        assert torch.equal(ours.location, theirs.location)
+    volumes = list(torch.utils.data.DataLoader(sq.SubjectsDataset(subjects), batch_size=2))
+    assert [batch.t1.data.shape for batch in volumes] == [(2, 1, 8, 8, 8)] * 2
+
+
+def test_lightning_moves_a_batch(patches: list[Subject]) -> None:
+    """Lightning moves batches with apply_to_collection, which refuses frozen dataclasses and
+    rebuilds every container: the batch must survive that unchanged."""
+    apply_func = pytest.importorskip("lightning_utilities.core.apply_func")
+    batch = collate_subjects(patches)
+    moved = apply_func.apply_to_collection(batch, torch.Tensor, lambda tensor: tensor.clone())
+    assert isinstance(moved, Batch) and isinstance(moved.t1, BatchImage)
+    assert moved.patch_location == LOCATIONS
+    assert all(isinstance(location, PatchLocation) for location in moved.patch_location)
+    assert torch.equal(moved.t1.data, batch.t1.data) and moved.t1.data is not batch.t1.data
+    assert moved.name == batch.name and moved.t1.path == batch.t1.path
