@@ -3,7 +3,11 @@
 A TorchIO-compatible API: switch with ``import shmqueue as tio``.
 """
 
+from .adapters import MonaiAdapter, TorchioAdapter
 from .batch import Batch, BatchImage, collate_subjects
+from .compat import GridAggregator, RandomFlip, RandomNoise
+from .constants import AFFINE, DATA, INTENSITY, LABEL, LOCATION, PATH, TYPE
+from .dataset import SubjectsDataset
 from .distributed import (
     DistributedSubjectSampler,
     EqualizationWarning,
@@ -60,6 +64,13 @@ from .transforms import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "AFFINE",
+    "DATA",
+    "INTENSITY",
+    "LABEL",
+    "LOCATION",
+    "PATH",
+    "TYPE",
     "Batch",
     "BatchImage",
     "Compose",
@@ -68,6 +79,7 @@ __all__ = [
     "EqualizationWarning",
     "Flip",
     "ForeignProcessError",
+    "GridAggregator",
     "GridSampler",
     "Image",
     "ImageChangedError",
@@ -80,6 +92,7 @@ __all__ = [
     "Lambda",
     "MemoryBudgetError",
     "MemoryEstimate",
+    "MonaiAdapter",
     "Noise",
     "PatchAggregator",
     "PatchLocation",
@@ -88,6 +101,8 @@ __all__ = [
     "Queue",
     "QueueClosedError",
     "QueueStats",
+    "RandomFlip",
+    "RandomNoise",
     "RankInfo",
     "RescaleIntensity",
     "RingAllocationError",
@@ -97,7 +112,9 @@ __all__ = [
     "Subject",
     "SubjectError",
     "SubjectProcessingError",
+    "SubjectsDataset",
     "SubjectsLoader",
+    "TorchioAdapter",
     "Transform",
     "TransformOutputError",
     "UniformSampler",
