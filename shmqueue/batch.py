@@ -23,8 +23,7 @@ import numpy as np
 import torch
 from torch.utils.data._utils.collate import default_collate_fn_map
 
-from .constants import AFFINE, DATA, INTENSITY, LABEL, LOCATION, PATH, TYPE
-from .image import Image, LabelMap
+from .constants import AFFINE, DATA, LOCATION, PATH, TYPE
 from .sampling.base import PATCH_LOCATION_KEY, PatchLocation
 from .subject import Subject
 
@@ -78,13 +77,6 @@ class Batch(_AttributeDict):
         return batch
 
 
-def image_type(image: Image | type[Image]) -> str:
-    """TorchIO's type of an image (or image class): :data:`~shmqueue.LABEL` for label maps, else
-    :data:`~shmqueue.INTENSITY`."""
-    kind = image if isinstance(image, type) else type(image)
-    return LABEL if issubclass(kind, LabelMap) else INTENSITY
-
-
 def collate_subjects(subjects: Sequence[Subject]) -> Batch:
     """Stack patch Subjects, or whole-volume Subjects of one shape, into a :class:`Batch`.
 
@@ -121,7 +113,7 @@ def collate_subjects(subjects: Sequence[Subject]) -> Batch:
         data={name: _stack(name, subjects) for name in names},
         affines={name: [subject[name].affine for subject in subjects] for name in names},
         paths={name: [subject[name].path for subject in subjects] for name in names},
-        types={name: image_type(first[name]) for name in names},
+        types={name: first[name].type for name in names},
         metadata=[
             {k: v for k, v in subject.metadata.items() if k != PATCH_LOCATION_KEY}
             for subject in subjects

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from isal import isal_zlib
 
+from .constants import AFFINE, DATA, INTENSITY, LABEL, PATH, TYPE
 from .dtypes import numpy_dtype
 from .errors import (
     ImageChangedError,
@@ -307,14 +308,28 @@ class Image:
     """
 
     kind: ClassVar[str] = "image"
+    type: ClassVar[str] = INTENSITY
+    """TorchIO's type of the image: :data:`~shmqueue.INTENSITY`, or :data:`~shmqueue.LABEL`
+    for a :class:`LabelMap`."""
 
     def __init__(
         self,
-        path_or_data: PathLike | torch.Tensor | np.ndarray,
+        path_or_data: PathLike | torch.Tensor | np.ndarray | None = None,
         *,
         affine: Any = None,
         reader: ImageReader | None = None,
+        path: PathLike | None = None,
+        tensor: torch.Tensor | np.ndarray | None = None,
     ):
+        sources = [source for source in (path_or_data, path, tensor) if source is not None]
+        if len(sources) != 1:
+            raise TypeError(
+                f"A {type(self).__name__} needs one source: a path or a tensor, as its first"
+                f" argument or as path= or tensor= (TorchIO's keywords); got {len(sources)}."
+            )
+        if tensor is not None and not isinstance(tensor, (torch.Tensor, np.ndarray)):
+            raise TypeError(f"tensor= must be a tensor or an array, got {type(tensor).__name__}")
+        path_or_data = sources[0]
         self.path: Path | None = None
         self._data: torch.Tensor | None = None
         self._header: ImageHeader | None = None
@@ -404,6 +419,19 @@ class Image:
             self.load()
         assert self._data is not None
         return self._data
+
+    def __getitem__(self, key: str) -> Any:
+        """TorchIO 1.x's dict access: ``image[DATA]``, ``image[AFFINE]``, ``image[PATH]``,
+        ``image[TYPE]`` (the constants of :mod:`shmqueue.constants`)."""
+        if key == DATA:
+            return self.data
+        if key == AFFINE:
+            return self.affine
+        if key == PATH:
+            return self.path
+        if key == TYPE:
+            return self.type
+        raise KeyError(f"{key!r}: an image has {[DATA, AFFINE, PATH, TYPE]}")
 
     def load(self) -> None:
         """Read the voxels (no-op when loaded). Never goes through float64.
@@ -657,6 +685,7 @@ class LabelMap(Image):
     """
 
     kind = "label map"
+    type = LABEL
 
     def _loaded_dtype(self, stored: np.dtype[Any]) -> torch.dtype:
         return _LABEL_DTYPES.get(np.dtype(stored), _FLOAT_LABEL_DTYPE)

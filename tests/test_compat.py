@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import nibabel as nib
 import pytest
 import torch
 
@@ -159,6 +160,34 @@ def test_constants_are_torchios_keys() -> None:
     keys = (sq.DATA, sq.AFFINE, sq.PATH, sq.TYPE, sq.INTENSITY, sq.LABEL, sq.LOCATION)
     assert keys == ("data", "affine", "path", "type", "intensity", "label", "location")
     assert sq.GridAggregator is sq.PatchAggregator
+
+
+def test_images_take_torchios_keywords_and_dict_access(tmp_path: Any) -> None:
+    data = torch.arange(24.0).reshape(1, 2, 3, 4)
+    image = sq.ScalarImage(tensor=data, affine=torch.eye(4).numpy() * 2)
+    assert torch.equal(image[sq.DATA], data)
+    assert (image[sq.AFFINE] == image.affine).all()
+    assert image[sq.PATH] is None
+    assert image[sq.TYPE] == sq.INTENSITY and sq.LabelMap(tensor=data.long())[sq.TYPE] == sq.LABEL
+    nifti = tmp_path / "t1.nii.gz"
+    nib.save(nib.Nifti1Image(data[0].numpy(), image.affine), nifti)
+    from_path = sq.ScalarImage(path=nifti)
+    assert from_path[sq.PATH] == nifti and torch.equal(from_path[sq.DATA], data)
+    with pytest.raises(KeyError, match="'stem'"):
+        image["stem"]
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda: sq.ScalarImage(),
+        lambda: sq.ScalarImage(torch.zeros(1, 2, 2, 2), tensor=torch.zeros(1, 2, 2, 2)),
+    ],
+    ids=["none", "two"],
+)
+def test_an_image_needs_exactly_one_source(call: Any) -> None:
+    with pytest.raises(TypeError, match="needs one source: a path or a tensor"):
+        call()
 
 
 def test_batch_keys_are_torchios() -> None:

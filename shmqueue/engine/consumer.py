@@ -17,7 +17,7 @@ from typing import Any, Protocol, TypeVar
 import numpy as np
 import torch
 
-from ..batch import Batch, image_type
+from ..batch import Batch
 from ..image import shift_affine
 from ..pinning import Pinning
 from ..plan import EpochPlan
@@ -165,7 +165,7 @@ class _BatchBuilder:
                 for name in names
             },
             paths={name: [source[name].path for source in sources] for name in names},
-            types={name: image_type(sources[0][name]) for name in names},
+            types={name: sources[0][name].type for name in names},
             metadata=[taken.state.metadata(source) for taken, source in zip(self.taken, sources)],
             locations=self.locations,
         )
