@@ -9,6 +9,7 @@ profile fast; ``HYPOTHESIS_PROFILE=thorough`` runs them at length.
 
 from __future__ import annotations
 
+import gzip
 import os
 from collections.abc import Callable, Iterator
 from multiprocessing import forkserver, resource_tracker
@@ -184,6 +185,18 @@ def nifti_subjects(make_nifti: Callable[..., Path]) -> list[sq.Subject]:
             )
         )
     return subjects
+
+
+@pytest.fixture
+def huge_header_file(tmp_path: Path) -> Path:
+    """A .nii.gz whose NIfTI-2 header claims 2 PiB of int16 (2^17 x 2^17 x 2^16) and that holds
+    no voxels: a corrupt or wrong header, as far as anything but the header can tell."""
+    header = nib.Nifti2Header()
+    header.set_data_dtype(np.int16)
+    header.set_data_shape((2**17, 2**17, 2**16))
+    path = tmp_path / "huge.nii.gz"
+    path.write_bytes(gzip.compress(header.binaryblock + bytes(4)))
+    return path
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import IO, TYPE_CHECKING
 
 from misbehaving import HangOn, SignalTrainingOn
 from torch.utils.data import DataLoader
@@ -30,6 +30,24 @@ if TYPE_CHECKING:
 
 REPO = Path(__file__).resolve().parents[1]
 ORPHAN_EXIT = 5.0  # seconds: "within a couple of seconds" of the training process's death
+
+
+def start_training_script(
+    setup: Setup, source: str, *args: str, stderr: IO[str] | int = subprocess.DEVNULL
+) -> subprocess.Popen[str]:
+    """Run ``source`` as a training script in a session of its own (so that the case can kill
+    its whole process group), with pipes for its stdin and stdout."""
+    script = setup.tmp_path / "training.py"
+    script.write_text(textwrap.dedent(source))
+    return subprocess.Popen(
+        [sys.executable, str(script), *args],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=stderr,
+        text=True,
+        cwd=REPO,
+        start_new_session=True,
+    )
 
 
 def _pids(queue: sq.Queue) -> list[int]:
@@ -141,17 +159,9 @@ if __name__ == "__main__":
 
 
 def _orphaned(setup: Setup, helper: str, stop_worker: bool) -> None:
-    script = setup.tmp_path / "orphans.py"
-    script.write_text(textwrap.dedent(_ORPHAN_SCRIPT))
     with (setup.tmp_path / "stderr.txt").open("w+") as stderr:
-        training = subprocess.Popen(
-            [sys.executable, str(script), setup.start_method, helper],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=stderr,
-            text=True,
-            cwd=REPO,
-            start_new_session=True,
+        training = start_training_script(
+            setup, _ORPHAN_SCRIPT, setup.start_method, helper, stderr=stderr
         )
         helpers: list[int] = []
         try:
@@ -276,16 +286,7 @@ if __name__ == "__main__":
 
 def named_ring_killed_during_start_up(setup: Setup) -> None:
     """The process group is SIGKILLed while spawn workers start: nothing stays in /dev/shm."""
-    script = setup.tmp_path / "start.py"
-    script.write_text(textwrap.dedent(_STARTUP_SCRIPT))
-    training = subprocess.Popen(
-        [sys.executable, str(script), setup.start_method],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        cwd=REPO,
-        start_new_session=True,
-    )
+    training = start_training_script(setup, _STARTUP_SCRIPT, setup.start_method)
     try:
         assert training.stdout is not None
         assert select.select([training.stdout], [], [], 120)[0], "the script did not start"
@@ -293,8 +294,9 @@ def named_ring_killed_during_start_up(setup: Setup) -> None:
     finally:
         os.killpg(training.pid, signal.SIGKILL)
         training.wait(30)
-        assert training.stdout is not None
+        assert training.stdout is not None and training.stdin is not None
         training.stdout.close()
+        training.stdin.close()
     setup.strike()
     prefix = f"shmqueue-{training.pid}-"
     left = [name for name in os.listdir("/dev/shm") if name.startswith(prefix)]

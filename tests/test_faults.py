@@ -15,9 +15,6 @@ import json
 import os
 import select
 import signal
-import subprocess
-import sys
-import textwrap
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -36,6 +33,7 @@ from fault_cases_engine import (
     orphaned_beside_a_manager,
     orphaned_while_stopped,
     spawn_script_without_main_guard,
+    start_training_script,
     start_up_cannot_unpickle,
     worker_dies_between_epochs,
     worker_stuck,
@@ -321,18 +319,8 @@ if __name__ == "__main__":
 
 def _training_process_killed(setup: Setup, whole_group: bool) -> None:
     """A training process (in its own session) with a memfd and a named queue is SIGKILLed."""
-    script = setup.tmp_path / "train.py"
-    script.write_text(textwrap.dedent(_TRAINING_SCRIPT))
     with (setup.tmp_path / "stderr.txt").open("w+") as stderr:
-        training = subprocess.Popen(
-            [sys.executable, str(script), setup.start_method],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=stderr,
-            text=True,
-            cwd=REPO,
-            start_new_session=True,
-        )
+        training = start_training_script(setup, _TRAINING_SCRIPT, setup.start_method, stderr=stderr)
         try:
             assert training.stdout is not None
             ready = select.select([training.stdout], [], [], 120)[0]

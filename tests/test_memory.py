@@ -4,7 +4,6 @@ the model's terms for each kind of input, and the preflight that fails before an
 from __future__ import annotations
 
 import dataclasses
-import gzip
 import json
 import os
 import signal
@@ -398,13 +397,9 @@ def test_named_backend_is_bounded_by_dev_shm(tensor_subjects: list[sq.Subject]) 
     assert raised.value.estimate is estimate
 
 
-def test_a_huge_header_fails_the_budget_naming_its_file(tmp_path: Path) -> None:
+def test_a_huge_header_fails_the_budget_naming_its_file(huge_header_file: Path) -> None:
     """A header that claims 2 PiB (a corrupt or wrong header) is named in the budget error."""
-    header = nib.Nifti2Header()
-    header.set_data_dtype(np.int16)
-    header.set_data_shape((2**17, 2**17, 2**16))
-    path = tmp_path / "huge.nii.gz"
-    path.write_bytes(gzip.compress(header.binaryblock + bytes(4)))  # the header, no voxels
+    path = huge_header_file
     subject = sq.Subject(t1=sq.ScalarImage(path), name="sub-huge")
     with pytest.raises(sq.MemoryBudgetError) as raised:
         sq.Queue([subject], sq.UniformSampler(None, 16), max_length=4, patches_per_volume=2)
