@@ -277,6 +277,41 @@ def _wait_for_a_report(queue: sq.Queue) -> None:
     assert wait(results, timeout=60), "no worker reported within 60 s"
 
 
+class _FailWhileFlagged(sq.Transform):
+    """Raises on subject ``name`` while the file ``flag`` exists."""
+
+    def __init__(self, name: str, flag: Path) -> None:
+        super().__init__()
+        self.name, self.flag = name, flag
+
+    def apply(self, subject: sq.Subject, generator: torch.Generator) -> sq.Subject:
+        if subject["name"] == self.name and self.flag.exists():
+            raise ValueError(f"{self.name} failed while flagged")
+        return subject
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_a_failure_of_an_epoch_left_with_break_does_not_end_the_next(
+    nifti_subjects: list[sq.Subject], tmp_path: Path, num_workers: int
+) -> None:
+    """Leaving an epoch is fine whatever its subjects do afterwards, in both paths alike."""
+    flag = tmp_path / "failing"
+    flag.touch()
+    transform = _FailWhileFlagged("sub-02", flag)
+    options = {"transform": transform, "shuffle_subjects": False, "deterministic": True}
+    with make_queue(nifti_subjects, num_workers, **options) as queue:
+        for number, _ in enumerate(queue):
+            if number == PATCHES_PER_VOLUME - 1:  # four slots free: sub-02 goes to a worker
+                break
+        if num_workers:
+            _wait_for_a_report(queue)  # sub-02's failure, or another report ahead of it
+        flag.unlink()
+        records = [record(1, patch) for patch in queue]
+    with make_queue(nifti_subjects, 0, **options) as reference_queue:
+        reference_queue.set_epoch(1)
+        assert records == [record(1, patch) for patch in reference_queue]
+
+
 def test_the_next_epoch_is_prefetched(nifti_subjects: list[sq.Subject]) -> None:
     # Room for two epochs: the next epoch's nifti_subjects can start while this one drains.
     with make_queue(nifti_subjects, 2, max_length=2 * PATCHES_PER_EPOCH) as queue:

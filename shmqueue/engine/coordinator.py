@@ -152,8 +152,10 @@ class Coordinator:
         validation) is reported here, before any work is sent to it; so is a failure of
         ``plan``'s prefetched subjects.
         """
-        self._process(self._pool.wait(0))  # reports first, so that an idle death says "idle"
-        failure = self._scheduler.start_epoch(plan, upcoming)
+        failure = self._scheduler.start_epoch(plan, upcoming)  # abandons the epoch left behind
+        # Then the reports and deaths that came meanwhile: a left epoch's failures are ignored
+        # like its patches, and a death is reported before work is sent ("while idle").
+        self._process(self._pool.wait(0))
         if failure is not None:
             raise self._subject_error(failure)
         self.stats.first_patch_seconds = 0.0
@@ -225,7 +227,8 @@ class Coordinator:
             in_flight = [self._describe_task(task) for task in self._scheduler.in_flight()]
             if self.timeout and self._silence >= self.timeout:
                 raise WorkerTimeoutError(
-                    f"No worker reported for {self._silence:.0f} s (timeout={self.timeout:g}) while"
+                    f"No worker reported for {round(self._silence, 1):g} s"
+                    f" (timeout={self.timeout:g}) while"
                     f" processing {', '.join(in_flight)}. A transform may be stuck (a deadlock in"
                     " a library, a network file system that hangs); raise timeout= if subjects"
                     " really take this long, or run the subject with num_workers=0 to debug."
