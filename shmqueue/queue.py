@@ -479,6 +479,8 @@ class Queue(IterableDataset[Subject]):
         between them (or cut one short). Called each time an iterator resumes, before it takes
         anything; an iterator that is abandoned, never resumed, raises nothing.
         """
+        if self._closed_reason is not None:  # closed meanwhile (also with num_workers=0)
+            raise QueueClosedError(f"The queue cannot be iterated: {self._closed_reason}.")
         live = self._live_plan
         if live is plan:
             return
@@ -493,17 +495,28 @@ class Queue(IterableDataset[Subject]):
         )
 
     def _start_engine(self) -> Coordinator:
-        """Make the engine, its ring and its workers (at the first iteration that needs them)."""
-        self._preflight()  # memory may have gone since construction, e.g. to another queue
-        return Coordinator(
-            self._pipeline,
-            self.layout,
-            self.num_workers,
-            self._context,
-            self.backend,
-            self.deterministic,
-            self.timeout,
-        )
+        """Make the engine, its ring and its workers (at the first iteration that needs them).
+
+        If that fails (memory gone since construction, e.g. to another queue; a transform that
+        cannot reach spawn workers), the epoch just begun did not run: the next iteration runs
+        it again, so the stream still follows ``num_workers=0``'s.
+        """
+        try:
+            self._preflight()
+            return Coordinator(
+                self._pipeline,
+                self.layout,
+                self.num_workers,
+                self._context,
+                self.backend,
+                self.deterministic,
+                self.timeout,
+            )
+        except BaseException:
+            if self._live_plan is not None:
+                self._epoch = self._live_plan.epoch
+                self._live_plan = None
+            raise
 
     def _upcoming_plan(self) -> EpochPlan | None:
         """The plan after the one just begun, for the engine to prefetch: None unless its order

@@ -837,6 +837,24 @@ def child_pids() -> set[int]:
     return {child.pid for child in psutil.Process().children(recursive=True)}
 
 
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_closing_mid_epoch_ends_the_iterator(
+    tensor_subjects: list[Subject], num_workers: int
+) -> None:
+    queue = Queue(
+        tensor_subjects,
+        UniformSampler(None, 8),
+        max_length=8,
+        patches_per_volume=4,
+        num_workers=num_workers,
+    )
+    patches = iter(queue)
+    next(patches)
+    queue.close()
+    with pytest.raises(QueueClosedError, match="the queue was closed"):
+        next(patches)
+
+
 def test_a_ring_that_no_longer_fits_is_refused_before_anything_starts(
     nifti_subjects: list[Subject], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -862,6 +880,7 @@ def test_a_ring_that_no_longer_fits_is_refused_before_anything_starts(
         with pytest.raises(MemoryBudgetError, match=r"The plan needs .* is available \(test"):
             next(iter(validation))
         assert child_pids() == workers, "a worker was started for a ring that does not fit"
+        assert validation.epoch == 0, "the refused epoch did not run: it runs next"
         with build(check_memory=False) as unchecked:  # the ring alone fits: admitted
             assert len(list(unchecked)) == len(unchecked)
         monkeypatch.undo()  # memory freed: the refused queue was left whole, and now runs
