@@ -12,10 +12,10 @@ from collections.abc import Sequence
 
 from torch.utils.data import Dataset
 
+from .adapters.base import refuse_foreign_transforms
 from .errors import SubjectProcessingError
-from .pipeline import apply_step
 from .subject import Subject
-from .transforms import SubjectTransform, fresh_generator, transform_steps
+from .transforms import SubjectTransform, apply_transform, fresh_generator, transform_steps
 
 
 class SubjectsDataset(Dataset[Subject]):
@@ -23,7 +23,8 @@ class SubjectsDataset(Dataset[Subject]):
 
     Each read draws its augmentation from a fresh generator, as a plain DataLoader's workers
     would; plain callables among the transforms run with the global generators seeded from it
-    (see :func:`~shmqueue.pipeline.apply_step`), so DataLoader workers do not repeat each other.
+    (see :func:`~shmqueue.transforms.apply_transform`), so DataLoader workers do not repeat each
+    other.
 
     Args:
         subjects: the subjects (files are read only when a subject is read).
@@ -48,6 +49,7 @@ class SubjectsDataset(Dataset[Subject]):
         self, subjects: Sequence[Subject], transform: SubjectTransform | None = None
     ) -> None:
         self.subjects = subjects
+        refuse_foreign_transforms(transform)
         self.transform = transform
 
     def __len__(self) -> int:
@@ -60,7 +62,7 @@ class SubjectsDataset(Dataset[Subject]):
             subject.load()
             generator = fresh_generator()
             for step in transform_steps(self.transform, generator):
-                subject = apply_step(step, subject, generator)
+                subject = apply_transform(step, subject, generator)
         except Exception as error:
             raise SubjectProcessingError(
                 f"Reading {source.describe(index)} from a SubjectsDataset failed:"

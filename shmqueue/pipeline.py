@@ -4,7 +4,7 @@ Load the subject, augment it with the task's seed, prepare it for the sampler an
 patch locations. The in-process path and the engine's workers both call :meth:`run`, so a patch is
 the same region of the same augmented volume in both (contracts 2 and 6 of DESIGN.md). A step
 that is a plain callable, not a :class:`~shmqueue.Transform`, runs with the global generators
-seeded from the task's (:func:`apply_step`, contract 13).
+seeded from the task's (:func:`~shmqueue.transforms.apply_transform`, contract 13).
 
 It also checks, in this one place for both paths, that the transformed subject's images are what
 the ring was laid out for from the images' headers: the same names with the same channels, in a
@@ -20,13 +20,13 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
+from .adapters.base import refuse_foreign_transforms
 from .errors import SamplingError, TransformOutputError
 from .machine import return_free_memory
 from .plan import SubjectTask
 from .sampling.base import PatchLocation, PatchSampler
-from .seeding import seeded_global_generators
 from .subject import Subject
-from .transforms import SubjectTransform, Transform, apply_transform, transform_steps
+from .transforms import SubjectTransform, apply_transform, transform_steps
 
 RingImage = tuple[int, torch.dtype]
 """What the ring holds of one image: ``(channels, dtype)``."""
@@ -51,6 +51,7 @@ class SubjectPipeline:
         sampler: PatchSampler,
         images: Mapping[str, RingImage],
     ) -> None:
+        refuse_foreign_transforms(transform)
         self.subjects = subjects
         self.transform = transform
         self.sampler = sampler
@@ -72,7 +73,7 @@ class SubjectPipeline:
         # mismatch is blamed on the step that made it.
         stages = [("loading the files", _image_specs(subject))]
         for number, step in enumerate(transform_steps(self.transform, generator), start=1):
-            subject = apply_step(step, subject, generator)  # frees the step's input
+            subject = apply_transform(step, subject, generator)  # frees the step's input
             stages.append((f"transform step {number} ({_step_name(step)})", _image_specs(subject)))
         subject = self.sampler.prepare(subject)
         subject.spatial_shape  # noqa: B018 -- raises if the transform broke the alignment
@@ -109,22 +110,6 @@ class SubjectPipeline:
                 f" transform, but {ring} {held}; {stage} {verb} it."
                 f" {_advice(expected, final.get(name))}"
             )
-
-
-def apply_step(step: SubjectTransform, subject: Subject, generator: torch.Generator) -> Subject:
-    """Apply one transform step as the queue does, in the training process and in workers.
-
-    A shmqueue :class:`~shmqueue.Transform` draws from ``generator`` (the adapters seed their
-    library from it themselves). A plain callable gets no generator, so it runs with torch's,
-    numpy's and Python's global generators seeded from ``generator`` and restored afterwards
-    (:func:`~shmqueue.seeding.seeded_global_generators`): one that draws from them is
-    reproducible from ``(seed, epoch, subject)`` and independent of the worker (contract 13),
-    instead of repeating the random state a forked worker inherited.
-    """
-    if isinstance(step, Transform):
-        return apply_transform(step, subject, generator)
-    with seeded_global_generators(generator):
-        return apply_transform(step, subject, generator)
 
 
 def _image_specs(subject: Subject) -> dict[str, RingImage]:

@@ -6,8 +6,8 @@ augmented subject is the same whichever worker process made it and whenever. Tra
 write into their input's tensors; they return a new Subject with new images.
 
 Any callable ``Subject -> Subject`` is accepted wherever a transform is; such a callable gets no
-generator, so the queue runs it with torch's, numpy's and Python's global generators seeded from
-the task's (see :func:`shmqueue.pipeline.apply_step`): reproducible, and independent of the worker.
+generator, so it runs with torch's, numpy's and Python's global generators seeded from the
+caller's (see :func:`apply_transform`): reproducible, and independent of the worker.
 
 Every transform also describes itself without voxels (:mod:`shmqueue.specs`): its output given
 its input's description, whether it is random, how much of the volume it needs, and what it
@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from .image import Image, ScalarImage
+from .seeding import seeded_global_generators
 from .specs import (
     UNKNOWN,
     VOXELWISE,
@@ -48,12 +49,21 @@ def fresh_generator() -> torch.Generator:
 def apply_transform(
     transform: SubjectTransform | None, subject: Subject, generator: torch.Generator
 ) -> Subject:
-    """Apply a shmqueue transform (with the generator) or any plain callable (without it)."""
+    """Apply a shmqueue transform (with the generator) or any plain callable (without it).
+
+    A plain callable gets no generator, so it runs with torch's, numpy's and Python's global
+    generators seeded from ``generator`` and restored afterwards
+    (:func:`~shmqueue.seeding.seeded_global_generators`): one that draws from them is
+    reproducible from ``(seed, epoch, subject)`` and independent of the worker (contract 13),
+    instead of repeating the random state a forked worker inherited. This holds wherever it
+    runs: as a queue's step, inside any Compose (or subclass), in a SubjectsDataset.
+    """
     if transform is None:
         return subject
     if isinstance(transform, Transform):
         return transform(subject, generator)
-    result = transform(subject)
+    with seeded_global_generators(generator):
+        result = transform(subject)
     if not isinstance(result, Subject):
         raise TypeError(
             f"The transform {transform!r} returned {type(result).__name__}, not a Subject. A"
@@ -75,7 +85,7 @@ def transform_steps(
     """
     if transform is None:
         return
-    if type(transform) is not Compose:
+    if type(transform) is not Compose:  # a subclass may override apply: it is one step
         yield transform
         return
     if (

@@ -28,3 +28,8 @@ def global_noise(data: torch.Tensor) -> torch.Tensor:
     """A tensor function for :class:`~shmqueue.Lambda` that draws from torch's global generator,
     which the queue does not seed for it (only a callable that is the whole step is seeded)."""
     return data + torch.rand(data.shape)
+
+
+class WrappingCompose(sq.Compose):
+    """A Compose subclass: the queue applies it as one step, and the plain callables inside it
+    must be seeded all the same."""

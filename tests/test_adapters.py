@@ -21,13 +21,13 @@ from typing import Any, NamedTuple
 import numpy as np
 import pytest
 import torch
-from plain_callables import global_noise, roll_and_scale
+from plain_callables import WrappingCompose, global_noise, roll_and_scale
 
 import shmqueue as sq
 from shmqueue.errors import TransformOutputError
-from shmqueue.pipeline import apply_step
 from shmqueue.seeding import seeded_global_generators
 from shmqueue.testing import Contract, check_transform
+from shmqueue.transforms import apply_transform
 
 tio = pytest.importorskip("torchio")
 monai_transforms = pytest.importorskip("monai.transforms")
@@ -38,7 +38,7 @@ SHAPE = (20, 18, 16)
 NUM_SUBJECTS = 4
 EPOCHS = 2  # 4 subjects x 2 epochs: 8 subject-epochs
 CONFIGURATIONS = [(0, None), (1, "fork"), (2, "fork"), (1, "spawn"), (2, "spawn")]
-KINDS = ["torchio", "monai", "callable"]
+KINDS = ["torchio", "monai", "callable", "callable-in-compose-subclass"]
 
 
 def seeded(seed: int) -> torch.Generator:
@@ -100,6 +100,8 @@ def augmentation(kind: str) -> sq.Transform | Callable[[sq.Subject], sq.Subject]
                 padding_mode="zeros",
             )
         )
+    if kind == "callable-in-compose-subclass":
+        return WrappingCompose([roll_and_scale])
     return roll_and_scale
 
 
@@ -202,12 +204,12 @@ def test_a_step_follows_the_generator_whatever_the_global_state(kind: str) -> No
         torch.manual_seed(global_seed)
         np.random.seed(global_seed)
         random.seed(global_seed)
-        outputs.append(apply_step(step, phantom("s"), seeded(7)).t1.data)
+        outputs.append(apply_transform(step, phantom("s"), seeded(7)).t1.data)
         after = torch.rand(())
         torch.manual_seed(global_seed)
         assert torch.equal(after, torch.rand(())), "the global state was not restored"
     assert torch.equal(outputs[0], outputs[1])
-    assert not torch.equal(outputs[0], apply_step(step, phantom("s"), seeded(8)).t1.data)
+    assert not torch.equal(outputs[0], apply_transform(step, phantom("s"), seeded(8)).t1.data)
 
 
 def test_check_transform_passes_seeded_callables_and_adapters() -> None:
@@ -235,6 +237,35 @@ def test_monai_random_state_out_of_the_adapters_reach_is_reported() -> None:
 
     report = check_transform(sq.MonaiAdapter(Hidden()), phantom("s"))
     assert Contract.DETERMINISM in report.contracts()
+
+
+@pytest.mark.parametrize(
+    "transform",
+    [
+        lambda: tio.RandomFlip(),
+        lambda: sq.Compose([sq.Noise(), tio.RandomFlip()]),
+        lambda: monai_transforms.RandFlipd(keys=["t1"]),
+    ],
+    ids=["torchio", "torchio-in-compose", "monai"],
+)
+def test_a_library_transform_given_as_it_is_names_its_adapter(transform: Any) -> None:
+    library_transform = transform()
+    adapter = (
+        "TorchioAdapter"
+        if "torchio" in repr(type(library_transform)) or isinstance(library_transform, sq.Compose)
+        else "MonaiAdapter"
+    )
+    subjects = [phantom("s")]
+    with pytest.raises(TypeError, match=rf"transform: .*shmqueue\.{adapter}\("):
+        sq.Queue(
+            subjects,
+            sq.UniformSampler(None, SHAPE),
+            max_length=1,
+            patches_per_volume=1,
+            transform=library_transform,
+        )
+    with pytest.raises(TypeError, match=rf"shmqueue\.{adapter}\("):
+        sq.SubjectsDataset(subjects, transform=library_transform)
 
 
 # Conversion --------------------------------------------------------------------------------------

@@ -29,7 +29,7 @@ from ..errors import TransformOutputError
 from ..image import Image, LabelMap, ScalarImage
 from ..seeding import seeded_global_generators
 from ..subject import Subject
-from ..transforms import Transform
+from ..transforms import Transform, transform_steps
 from ..volumes import empty_volume
 
 
@@ -167,3 +167,21 @@ def _label_data(name: str, data: torch.Tensor, dtype: torch.dtype) -> torch.Tens
         f" which its dtype {dtype} cannot hold. Keep the labels in range, or store the label map"
         " in a wider integer dtype."
     )
+
+
+_ADAPTERS = {"torchio": "TorchioAdapter", "monai": "MonaiAdapter"}
+
+
+def refuse_foreign_transforms(transform: Any) -> None:
+    """Raise if ``transform`` (or a step of a Compose) is a TorchIO or MONAI transform given
+    as it is: it would take shmqueue's Subject for one of its own (TorchIO for a MONAI
+    dictionary) and fail inside the library, or draw from unseeded state. Say which adapter."""
+    for step in transform_steps(transform):
+        library = type(step).__module__.partition(".")[0]
+        if library in _ADAPTERS:
+            adapter = _ADAPTERS[library]
+            raise TypeError(
+                f"{type(step).__name__} is a {library} transform: shmqueue's subjects are not"
+                f" {library}'s. Wrap it as shmqueue.{adapter}({type(step).__name__}(...)), which"
+                " converts the subject both ways and seeds it per task."
+            )

@@ -47,7 +47,11 @@ class MonaiAdapter(LibraryAdapter):
     Args:
         transform: a MONAI dictionary transform (e.g. ``RandAffined(keys=["t1", "seg"],
             mode=("bilinear", "nearest"))``), a MONAI ``Compose`` of them, or a callable taking
-            and returning such a dictionary.
+            and returning such a dictionary, run with torch's, numpy's and Python's global
+            generators seeded per task. MONAI random transforms held inside such a callable keep
+            random states of their own, out of the adapter's reach: put them in a
+            ``monai.transforms.Compose`` instead (``shmqueue.testing.check_transform`` reports
+            a callable that does not follow its generator).
 
     Raises:
         ImportError: MONAI is not installed.

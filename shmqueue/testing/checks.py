@@ -27,10 +27,9 @@ import torch
 
 from ..catalog import patch_count
 from ..image import Image, LabelMap
-from ..pipeline import apply_step
 from ..sampling.base import PATCH_LOCATION_KEY, PatchLocation, PatchSampler
 from ..subject import Subject
-from ..transforms import SubjectTransform, transform_steps
+from ..transforms import SubjectTransform, apply_transform, transform_steps
 from .records import tensor_digest
 from .report import Contract, Failure, Report, SamplerReport, TransformReport
 from .ring_watch import storage_span
@@ -261,10 +260,10 @@ def check_transform(
 def _applied(transform: SubjectTransform, subject: Subject, seed: int) -> Subject:
     """``transform`` applied to ``subject`` as the queue applies it with the generator seeded
     ``seed``: Composes step by step, plain callables with the global generators seeded from the
-    generator (:func:`~shmqueue.pipeline.apply_step`)."""
+    generator (:func:`~shmqueue.transforms.apply_transform`)."""
     generator = torch.Generator().manual_seed(seed)
     for step in transform_steps(transform, generator):
-        subject = apply_step(step, subject, generator)
+        subject = apply_transform(step, subject, generator)
     return subject
 
 
