@@ -10,8 +10,8 @@ signal the parent's workers.
 
 So every engine object that owns descriptors registers here, and in any forked child
 :meth:`ForkDetachable.detach_in_child` closes the child's copies and marks the object detached:
-from then on it does nothing in that process. Shared mappings are kept out of children with
-``MADV_DONTFORK`` where they are made (see ring.py).
+from then on it does nothing in that process. The ring's mapping is unmapped in the child by
+the same detachment (the coordinator's resources close their copy of the segment).
 """
 
 from __future__ import annotations

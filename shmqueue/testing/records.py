@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from ..batch import Batch, BatchImage
-from ..constants import LOCATION as LOCATION_KEY
+from ..constants import LOCATION
 from ..sampling.base import PATCH_LOCATION_KEY, PatchLocation
 from ..subject import Subject
 
@@ -78,7 +78,7 @@ class PatchRecord:
         metadata = {
             key: value
             for key, value in metadata.items()
-            if key not in (PATCH_LOCATION_KEY, LOCATION_KEY)
+            if key not in (PATCH_LOCATION_KEY, LOCATION)
         }
         key = PatchKey(
             location,
@@ -119,7 +119,7 @@ def batch_records(batch: Batch) -> Iterator[PatchRecord]:
     """One record per row of a :class:`~shmqueue.Batch` (as ``SubjectsLoader`` yields)."""
     images = {key: value for key, value in batch.items() if isinstance(value, BatchImage)}
     metadata_keys = [
-        key for key in batch if key not in images and key not in (PATCH_LOCATION_KEY, LOCATION_KEY)
+        key for key in batch if key not in images and key not in (PATCH_LOCATION_KEY, LOCATION)
     ]
     for row, location in enumerate(batch[PATCH_LOCATION_KEY]):
         yield PatchRecord.build(
