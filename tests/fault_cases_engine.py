@@ -20,6 +20,7 @@ import textwrap
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
+import torch
 from misbehaving import HangOn, SignalTrainingOn
 from torch.utils.data import DataLoader
 
@@ -333,6 +334,23 @@ def spawn_script_without_main_guard(setup: Setup) -> None:
     last_line = result.stderr.strip().splitlines()[-1]
     assert last_line.startswith("shmqueue.errors.WorkerDiedError: Worker"), last_line
     assert "during start-up" in last_line and '`if __name__ == "__main__":`' in last_line
+
+
+def too_many_in_memory_subjects(setup: Setup) -> None:
+    """Hundreds of in-memory subjects under forkserver: each tensor would travel as a file
+    descriptor, more than one message may carry: say so, and what to do."""
+    subjects = [sq.Subject(t1=sq.ScalarImage(torch.rand(1, 4, 4, 4))) for _ in range(300)]
+    queue = sq.Queue(
+        subjects,
+        sq.UniformSampler(None, 2),
+        max_length=2,
+        patches_per_volume=1,
+        num_workers=1,
+        multiprocessing_context=setup.start_method,
+    )
+    setup.queues.append(queue)
+    setup.strike()
+    next(iter(queue))
 
 
 # close() under duress (defect 11) -----------------------------------------------------------------

@@ -35,6 +35,7 @@ from fault_cases_engine import (
     spawn_script_without_main_guard,
     start_training_script,
     start_up_cannot_unpickle,
+    too_many_in_memory_subjects,
     worker_dies_between_epochs,
     worker_stuck,
 )
@@ -423,6 +424,11 @@ FAULTS = (
     Fault(closed_ring_held_by_later_workers, "after close()", FORK, None),
     Fault(named_ring_killed_during_start_up, "at start-up", ("spawn",), None),
     Fault(spawn_script_without_main_guard, "at start-up", ("spawn",), None),
+    Fault(
+        too_many_in_memory_subjects, "at start-up", ("forkserver",), sq.WorkerStartError,
+        r"'forkserver' start method: too many fds\..*multiprocessing_context='fork'",
+        detect_within=STARTUP,
+    ),
     Fault(close_with_sigchld_ignored, "at close()", FORK, None),
     Fault(
         close_from_a_signal_handler, "while the consumer waits", FORK, sq.QueueClosedError,

@@ -11,6 +11,7 @@ fails. Only the process that built the pool acts on it: in a forked copy it is d
 
 from __future__ import annotations
 
+import errno
 import logging
 import multiprocessing.process
 import os
@@ -25,6 +26,7 @@ from multiprocessing.context import BaseContext
 from multiprocessing.process import BaseProcess
 from typing import Any
 
+from ..errors import WorkerStartError
 from ..pipeline import SubjectPipeline
 from . import forks
 from .layout import SlotLayout
@@ -267,6 +269,16 @@ def _start(process: BaseProcess, start_method: str) -> None:
     failure to pickle becomes a :class:`TypeError` that says what to change."""
     try:
         process.start()
+    except (OSError, ValueError) as error:
+        if not _out_of_descriptors(error):
+            raise
+        raise WorkerStartError(
+            f"Cannot start a worker process with the '{start_method}' start method: {error}."
+            " Under it every in-memory tensor of the subjects reaches each worker as a file"
+            " descriptor, and there are too many. Use multiprocessing_context='fork', give the"
+            " subjects as files (paths), or call"
+            " torch.multiprocessing.set_sharing_strategy('file_system') before iterating."
+        ) from error
     except (pickle.PicklingError, AttributeError, TypeError) as error:
         if start_method == "fork":
             raise
@@ -276,6 +288,14 @@ def _start(process: BaseProcess, start_method: str) -> None:
             " Define transforms and functions at module level (a lambda or a function defined"
             " inside another cannot be pickled), or use multiprocessing_context='fork'."
         ) from error
+
+
+def _out_of_descriptors(error: BaseException) -> bool:
+    """Whether starting a process failed for lack of file descriptors (this process's limit, or
+    the forkserver's 256 per message)."""
+    if isinstance(error, OSError):
+        return error.errno == errno.EMFILE
+    return "too many fds" in str(error)
 
 
 def run_in_child(
