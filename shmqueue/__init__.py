@@ -39,6 +39,15 @@ from .errors import (
 from .image import Image, LabelMap, ScalarImage
 from .loader import SubjectsLoader
 from .memory import MemoryEstimate, estimate_memory
+from .preprocessing import (
+    Clamp,
+    Mask,
+    RemapLabels,
+    RemoveLabels,
+    RescaleIntensity,
+    SequentialLabels,
+    ZNormalization,
+)
 from .queue import Queue
 from .sampling import (
     GridSampler,
@@ -56,9 +65,7 @@ from .transforms import (
     Flip,
     Lambda,
     Noise,
-    RescaleIntensity,
     Transform,
-    ZNormalization,
 )
 
 __version__ = "0.1.0"
@@ -73,6 +80,7 @@ __all__ = [
     "TYPE",
     "Batch",
     "BatchImage",
+    "Clamp",
     "Compose",
     "ConcurrentIterationError",
     "DistributedSubjectSampler",
@@ -90,6 +98,7 @@ __all__ = [
     "LabelMap",
     "LabelSampler",
     "Lambda",
+    "Mask",
     "MemoryBudgetError",
     "MemoryEstimate",
     "MonaiAdapter",
@@ -104,10 +113,13 @@ __all__ = [
     "RandomFlip",
     "RandomNoise",
     "RankInfo",
+    "RemapLabels",
+    "RemoveLabels",
     "RescaleIntensity",
     "RingAllocationError",
     "SamplingError",
     "ScalarImage",
+    "SequentialLabels",
     "ShmqueueError",
     "Subject",
     "SubjectError",

@@ -25,10 +25,11 @@ from .batch import Batch
 from .image import LabelMap, ScalarImage
 from .loader import SubjectsLoader
 from .phantoms import head_phantom
+from .preprocessing import RescaleIntensity
 from .queue import Queue
 from .sampling.weighted import LabelSampler
 from .subject import Subject
-from .transforms import Compose, Flip, Noise, RescaleIntensity
+from .transforms import Compose, Flip, Noise
 from .tree_memory import TreeMemorySampler
 from .units import pretty_bytes
 

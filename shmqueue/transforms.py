@@ -350,66 +350,6 @@ def add_noise(
     return noisy.normal_(mean, std, generator=generator).add_(data)
 
 
-class _IntensityMap(Transform):
-    """A deterministic map of each scalar image's voxels through statistics of the whole image:
-    the same grid and dtype out; two volumes alive at once (``data - mean``, then ``/ std``)."""
-
-    def output_spec(self, images: SubjectSpec) -> dict[str, ImageSpec]:
-        return dict(images)
-
-    @property
-    def is_random(self) -> bool:
-        return self.p < 1.0
-
-    @property
-    def locality(self) -> Locality:
-        return Locality(0, statistics=True)
-
-    def memory_cost(self, images: SubjectSpec) -> list[VolumeCost]:
-        return _volume_costs(images, (ScalarImage,), peak=2, output=1)
-
-
-class ZNormalization(_IntensityMap):
-    """Standardise each channel of each scalar image to zero mean and unit variance.
-
-    A constant channel is only centred (its standard deviation is zero).
-    """
-
-    def apply(self, subject: Subject, generator: torch.Generator) -> Subject:
-        def standardise(data: torch.Tensor) -> torch.Tensor:
-            flat = data.reshape(data.shape[0], -1)
-            mean = flat.mean(dim=1).reshape(-1, 1, 1, 1)
-            std = flat.std(dim=1).reshape(-1, 1, 1, 1)
-            return (data - mean) / torch.where(std > 0, std, torch.ones_like(std))
-
-        return _replace_images(subject, standardise, (ScalarImage,))
-
-
-class RescaleIntensity(_IntensityMap):
-    """Map each scalar image's intensity range linearly onto ``out_min_max``.
-
-    A constant image becomes ``out_min`` everywhere.
-    """
-
-    def __init__(self, out_min_max: tuple[float, float] = (0.0, 1.0), p: float = 1.0) -> None:
-        super().__init__(p)
-        out_min, out_max = out_min_max
-        if not out_min < out_max:
-            raise ValueError(f"out_min_max must be increasing, got {out_min_max}")
-        self.out_min_max = (float(out_min), float(out_max))
-
-    def apply(self, subject: Subject, generator: torch.Generator) -> Subject:
-        out_min, out_max = self.out_min_max
-
-        def rescale(data: torch.Tensor) -> torch.Tensor:
-            low, high = data.min(), data.max()
-            if high == low:
-                return torch.full_like(data, out_min)
-            return (data - low) * ((out_max - out_min) / (high - low)) + out_min
-
-        return _replace_images(subject, rescale, (ScalarImage,))
-
-
 class Lambda(Transform):
     """Apply ``function(tensor) -> tensor`` to each image (or only to ``types_to_apply``).
 

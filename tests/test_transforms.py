@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from shmqueue.image import LabelMap, ScalarImage
+from shmqueue.preprocessing import RescaleIntensity, ZNormalization
 from shmqueue.specs import UNKNOWN, VOXELWISE, WHOLE_VOLUME, ImageSpec, Locality
 from shmqueue.subject import Subject
 from shmqueue.transforms import (
@@ -19,10 +20,8 @@ from shmqueue.transforms import (
     Flip,
     Lambda,
     Noise,
-    RescaleIntensity,
     SubjectTransform,
     Transform,
-    ZNormalization,
     apply_transform,
     described,
     transform_steps,
@@ -190,14 +189,16 @@ def test_transform_without_generator_still_runs() -> None:
     assert not torch.equal(Noise()(subject).t1.data, subject.t1.data)
 
 
-def test_z_normalization_standardises_each_channel() -> None:
+def test_z_normalization_standardises_the_image() -> None:
+    """All channels together, as TorchIO does; a constant image is only centred."""
     t1 = torch.stack([torch.arange(60.0).reshape(5, 4, 3) * 3 + 7, torch.full((5, 4, 3), 9.0)])
     subject = Subject(t1=ScalarImage(t1), seg=LabelMap(torch.ones(1, 5, 4, 3)))
     result = ZNormalization()(subject, seeded(0))
-    assert torch.allclose(result.t1.data[0].mean(), torch.tensor(0.0), atol=1e-5)
-    assert torch.allclose(result.t1.data[0].std(), torch.tensor(1.0), atol=1e-5)
-    assert torch.equal(result.t1.data[1], torch.zeros(5, 4, 3))  # constant: only centred
+    assert torch.allclose(result.t1.data.mean(), torch.tensor(0.0), atol=1e-5)
+    assert torch.allclose(result.t1.data.std(), torch.tensor(1.0), atol=1e-5)
     assert result.seg.data is subject.seg.data
+    constant = Subject(t1=ScalarImage(torch.full((1, 2, 2, 2), 5.0)))
+    assert torch.equal(ZNormalization()(constant).t1.data, torch.zeros(1, 2, 2, 2))
 
 
 def test_rescale_intensity_maps_the_range() -> None:
@@ -301,8 +302,9 @@ def test_locality_says_how_much_of_the_volume_a_patch_needs() -> None:
 
 
 def test_memory_cost_in_volumes_of_the_images_touched() -> None:
-    """Flip copies every image; Noise makes one volume per scalar image; the intensity maps hold
-    two at once; a Lambda two of the images it applies to; an unknown transform two of all."""
+    """Flip copies every image; Noise and the intensity maps make one volume per scalar image
+    (two with a mask: the masked voxels' copy); a Lambda two of the images it applies to; an
+    unknown transform two of all."""
     images = described_subject()
     t1, seg = images["t1"].nbytes, images["seg"].nbytes
 
@@ -311,7 +313,9 @@ def test_memory_cost_in_volumes_of_the_images_touched() -> None:
 
     assert costs(Flip()) == [("t1", t1, t1), ("seg", seg, seg)]
     assert costs(Noise()) == [("t1", t1, t1)]
-    assert costs(ZNormalization()) == costs(RescaleIntensity()) == [("t1", 2 * t1, t1)]
+    assert costs(ZNormalization()) == costs(RescaleIntensity()) == [("t1", t1, t1)]
+    mask = t1 // 4  # a bool per float32 voxel
+    assert costs(ZNormalization(masking_method="seg")) == [("t1", 2 * t1 + mask, t1)]
     assert costs(Lambda(lambda data: data, types_to_apply=(LabelMap,))) == [("seg", 2 * seg, seg)]
     assert costs(lambda subject: subject) == [("t1", 2 * t1, t1), ("seg", 2 * seg, seg)]
     assert costs(Compose([Flip(), Noise()])) == [*costs(Flip()), *costs(Noise())]

@@ -31,11 +31,12 @@ import numpy as np
 from hypothesis import strategies as st
 
 from ..image import LabelMap, ScalarImage
+from ..preprocessing import RescaleIntensity, ZNormalization
 from ..queue import Queue
 from ..sampling import GridSampler, LabelSampler, PatchSampler, UniformSampler, WeightedSampler
 from ..sampling.grid import PADDING_MODES
 from ..subject import Subject
-from ..transforms import Compose, Flip, Noise, RescaleIntensity, Transform, ZNormalization
+from ..transforms import Compose, Flip, Noise, Transform
 
 __all__ = [
     "LABEL_DTYPES",
