@@ -42,6 +42,7 @@ from .memory import MemoryEstimate, estimate_memory
 from .preprocessing import (
     Clamp,
     Mask,
+    OneHot,
     RemapLabels,
     RemoveLabels,
     RescaleIntensity,
@@ -103,6 +104,7 @@ __all__ = [
     "MemoryEstimate",
     "MonaiAdapter",
     "Noise",
+    "OneHot",
     "PatchAggregator",
     "PatchLocation",
     "PatchSampler",

@@ -7,9 +7,16 @@ voxel is read, opening each image file once. It holds, for every image, what its
 :class:`~shmqueue.engine.layout.SlotLayout`. The queue, its planner, the memory estimator and
 the testing harness read it instead of the subjects' headers.
 
-Building it checks every subject, naming ``subjects[i]``, the subject and what to do: it is a
-:class:`~shmqueue.Subject`, its headers can be read, its images share one grid, the patch fits
-it, and it has the images of ``subjects[0]`` with the same channels.
+What the patches are drawn from is the subject after the transform, so the catalog predicts it
+(:func:`predict`): each image's header, passed through what the transform's deterministic
+prefix (:func:`~shmqueue.transforms.deterministic_prefix`) says it outputs
+(:meth:`~shmqueue.Transform.output_spec`). The steps after it, and any from the first whose
+output cannot be told, are taken to keep the images as they are; the pipeline refuses at run
+time an output the ring was not laid out for (:class:`~shmqueue.errors.TransformOutputError`).
+
+Building it checks every subject on that prediction, naming ``subjects[i]``, the subject and
+what to do: it is a :class:`~shmqueue.Subject`, its headers can be read, its images share one
+grid, the patch fits it, and it has the images of ``subjects[0]`` with the same channels.
 """
 
 from __future__ import annotations
@@ -27,8 +34,9 @@ from .engine.layout import SlotLayout
 from .errors import ImageFileError, InvalidImageError, SubjectError
 from .image import Image, ImageHeader
 from .sampling.base import PatchSampler, Triple
-from .specs import ImageSpec
+from .specs import ImageSpec, SubjectSpec, Unknown
 from .subject import Subject
+from .transforms import SubjectTransform, described, deterministic_prefix
 
 
 def patch_count(sampler: PatchSampler, spatial_shape: Triple, patches_per_volume: int) -> int:
@@ -131,19 +139,22 @@ class SubjectEntry:
     Attributes:
         index: its position in the queue's subjects.
         description: ``subject.describe(index)``, for messages.
-        images: its images, in the subject's order.
+        images: its images, in the subject's order, as their headers describe them.
+        transformed: its images as the transform is predicted to make them, by name
+            (:func:`predict`); the headers' descriptions if nothing can be predicted.
         num_patches: patches an epoch draws from it (:func:`patch_count`).
     """
 
     index: int
     description: str
     images: tuple[ImageEntry, ...]
+    transformed: Mapping[str, ImageSpec]
     num_patches: int
 
     @property
     def spatial_shape(self) -> Triple:
-        """The grid the subject's images share."""
-        return self.images[0].spatial_shape
+        """The grid the subject's images share after the transform, where patches are drawn."""
+        return next(iter(self.transformed.values())).spatial_shape
 
     @property
     def specs(self) -> dict[str, ImageSpec]:
@@ -158,8 +169,9 @@ class Catalog:
 
     Attributes:
         subjects: one entry per subject, in order.
-        layout: the ring's slot layout: the first subject's images with the channels every
-            subject shares, in a dtype that holds every subject's (promoted).
+        layout: the ring's slot layout: the first subject's images after the transform
+            (:func:`predict`) with the channels every subject shares, in a dtype that holds
+            every subject's (promoted).
         patches_per_volume: the queue's ``patches_per_volume``.
 
     Example:
@@ -187,9 +199,11 @@ class Catalog:
         sampler: PatchSampler,
         max_length: int,
         patches_per_volume: int,
+        transform: SubjectTransform | None = None,
     ) -> Catalog:
-        """Read every subject's headers once, check the subjects, count their patches and lay
-        out a ring of ``max_length`` slots for ``sampler``'s patches.
+        """Read every subject's headers once, predict what ``transform`` makes of each subject,
+        check the subjects, count their patches and lay out a ring of ``max_length`` slots for
+        ``sampler``'s patches, all on that prediction.
 
         Raises:
             TypeError: an element of ``subjects`` is not a Subject.
@@ -197,20 +211,23 @@ class Catalog:
             InvalidImageError: an image has the wrong number of dimensions.
             SubjectError: a subject's images lie on different grids, or its images or their
                 channels differ from ``subjects[0]``'s; :class:`~shmqueue.PatchSizeError` if
-                the patch does not fit a subject.
+                the patch does not fit a subject. Said of the images after the transform when
+                part of it was predicted.
         """
+        steps = deterministic_prefix(transform)
         entries: list[SubjectEntry] = []
         images: dict[str, tuple[int, torch.dtype]] = {}
         for index, subject in enumerate(subjects):
-            entry = _read_subject(index, subject, sampler, patches_per_volume)
-            found = {image.name: (image.channels, image.dtype) for image in entry.images}
+            entry, predicted = _read_subject(index, subject, sampler, patches_per_volume, steps)
+            found = {name: (spec.channels, spec.dtype) for name, spec in entry.transformed.items()}
             if not images:
                 images = found
             elif _channels(found) != _channels(images):
                 raise SubjectError(
                     f"subjects[{index}]: {subject.describe()} has images"
-                    f" {_describe_images(found)} but subjects[0] has {_describe_images(images)}."
-                    " Every subject needs the same images with the same channels to be batched."
+                    f" {_describe_images(found)}{_AFTER if predicted else ''} but subjects[0]"
+                    f" has {_describe_images(images)}. Every subject needs the same images with"
+                    " the same channels to be batched."
                 )
             else:
                 images = {
@@ -222,20 +239,59 @@ class Catalog:
         return cls(tuple(entries), layout, patches_per_volume)
 
 
+_AFTER = " after the transform"
+
+
+def predict(steps: Sequence[SubjectTransform], images: SubjectSpec) -> dict[str, ImageSpec]:
+    """What the deterministic ``steps`` (:func:`~shmqueue.transforms.deterministic_prefix`)
+    make of ``images``, as each step says (:meth:`~shmqueue.Transform.output_spec`), up to the
+    first whose output cannot be told: that step and the rest are taken to keep the images.
+
+    Example:
+        >>> import numpy as np, torch, shmqueue as sq
+        >>> seg = ImageSpec(sq.LabelMap, 1, (8, 8, 8), torch.uint8, np.eye(4))
+        >>> predict([sq.OneHot(num_classes=3), sq.Lambda(abs)], {"seg": seg})["seg"].channels
+        3
+    """
+    current = dict(images)
+    for step in steps:
+        output = described(step).output_spec(current)
+        if isinstance(output, Unknown):
+            break
+        current = dict(output)
+    return current
+
+
 def _read_subject(
-    index: int, subject: Subject, sampler: PatchSampler, patches_per_volume: int
-) -> SubjectEntry:
-    """The entry of ``subjects[index]``, checked on its own; errors name it."""
+    index: int,
+    subject: Subject,
+    sampler: PatchSampler,
+    patches_per_volume: int,
+    steps: Sequence[SubjectTransform],
+) -> tuple[SubjectEntry, bool]:
+    """The entry of ``subjects[index]``, checked on its own after ``steps`` (errors name it),
+    and whether the steps change its images (then messages say "after the transform")."""
     if not isinstance(subject, Subject):
         raise TypeError(f"subjects[{index}] is a {type(subject).__name__}, not a Subject")
     try:
-        shape = subject.spatial_shape  # reads the headers; the images must agree
-        sampler.check_fits(subject)
         images = tuple(ImageEntry.read(name, image) for name, image in subject.images.items())
+        headers = {image.name: image.spec for image in images}
+        transformed = predict(steps, headers)
+        predicted = transformed != headers
+        shapes = {name: spec.spatial_shape for name, spec in transformed.items()}
+        if len(set(shapes.values())) > 1:
+            listing = ", ".join(f"{name}: {shape}" for name, shape in shapes.items())
+            raise SubjectError(
+                f"The images of {subject.describe()} have different spatial shapes"
+                f"{_AFTER if predicted else ''} ({listing}). Resample or crop them to a common"
+                " grid before building the Subject."
+            )
+        shape = next(iter(shapes.values()))
+        sampler.check_fits(subject, shape if predicted else None)
     except (SubjectError, ImageFileError, InvalidImageError) as error:
         raise type(error)(f"subjects[{index}]: {error}") from error
     count = patch_count(sampler, shape, patches_per_volume)
-    return SubjectEntry(index, subject.describe(index), images, count)
+    return SubjectEntry(index, subject.describe(index), images, transformed, count), predicted
 
 
 def _channels(images: Mapping[str, tuple[int, torch.dtype]]) -> dict[str, int]:

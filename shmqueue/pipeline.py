@@ -7,8 +7,9 @@ that is a plain callable, not a :class:`~shmqueue.Transform`, runs with the glob
 seeded from the task's (:func:`~shmqueue.transforms.apply_transform`, contract 13).
 
 It also checks, in this one place for both paths, that the transformed subject's images are what
-the ring was laid out for from the images' headers: the same names with the same channels, in a
-dtype the ring's can hold. Anything else would be copied wrongly (a channel broadcast into two, an
+the ring was laid out for, from the images' headers and what the transform's deterministic steps
+say they output (:mod:`shmqueue.catalog`): the same names with the same channels, in a dtype the
+ring's can hold. Anything else would be copied wrongly (a channel broadcast into two, an
 added image dropped), so it raises :class:`~shmqueue.errors.TransformOutputError` naming the
 transform step that made the difference. Floating-point images may come out in another floating
 dtype (e.g. float64 from a numpy-based transform): they are rounded to the ring's, as before.
@@ -84,7 +85,8 @@ class SubjectPipeline:
             raise SamplingError(
                 f"{type(self.sampler).__name__} gave {len(locations)} patches for"
                 f" {subject.describe(task.subject_index)} where {task.num_patches} were planned"
-                " from the header's shape. Does the transform change the spatial shape?"
+                " from the shape predicted from the headers. Does a transform step change the"
+                " spatial shape without saying so in its output_spec?"
             )
         return subject, locations
 
@@ -102,7 +104,10 @@ class SubjectPipeline:
                 (stage, specs) for stage, specs in stages if not _fits(expected, specs.get(name))
             )
             verb = "added" if expected is None else "removed" if name not in specs else "changed"
-            ring = "the ring of patch slots (laid out before any transform)"
+            ring = (
+                "the ring of patch slots (laid out from the headers and the transform's"
+                " output_spec)"
+            )
             held = "has no place for it" if expected is None else f"holds {_describe(expected)}"
             description = self.subjects[task.subject_index].describe(task.subject_index)
             raise TransformOutputError(
@@ -147,8 +152,10 @@ def _advice(expected: RingImage | None, produced: RingImage | None) -> str:
             f" cast the image back to {expected[1]} in the transform, or remove that step."
         )
     return (
-        "The ring is laid out before any transform runs, from the headers, so a transform that"
-        " adds or removes images or changes their channels cannot be used with a Queue yet:"
-        " remove that step (e.g. apply it to each batch in the training loop instead), or store"
-        " the images as it would make them."
+        "The ring is laid out before any transform runs, from the headers and what the"
+        " transform's deterministic steps say they output (output_spec), so a step that adds or"
+        " removes images or changes their channels must be deterministic and say so (e.g."
+        " OneHot(num_classes=...), not a Lambda), before any random step: make it so, remove"
+        " that step (e.g. apply it to each batch in the training loop instead), or store the"
+        " images as it would make them."
     )

@@ -1,12 +1,12 @@
 """Preprocessing and label transforms that keep every image's grid: TorchIO's intensity
 normalisations (:class:`ZNormalization`, :class:`RescaleIntensity`), :class:`Clamp`,
-:class:`Mask`, and the label-map edits :class:`RemapLabels`, :class:`RemoveLabels` and
-:class:`SequentialLabels`.
+:class:`Mask`, the label-map edits :class:`RemapLabels`, :class:`RemoveLabels` and
+:class:`SequentialLabels`, and :class:`OneHot`.
 
 They have TorchIO 1.2.1's names, arguments and results, and none is random: they form the
-deterministic part of a pipeline. Each keeps every image's shape, channels, affine and dtype
-(scalar images are float32 in shmqueue, as TorchIO makes them; a label map keeps its integer
-dtype, and a label it cannot hold is refused rather than wrapped).
+deterministic part of a pipeline. Each keeps every image's shape, affine and dtype, and all but
+:class:`OneHot` its channels (scalar images are float32 in shmqueue, as TorchIO makes them; a
+label map keeps its integer dtype, and a label it cannot hold is refused rather than wrapped).
 
 Like TorchIO's, they take ``include`` or ``exclude`` (image names) and, where TorchIO does, a
 ``masking_method``: None (every voxel), the name of a label map of the subject (its non-zero
@@ -17,13 +17,23 @@ voxels), an anatomical half (``'Left'``, ``'Right'``, ``'Posterior'``, ``'Anteri
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
 
 from .image import Image, LabelMap, ScalarImage
-from .specs import VOXELWISE, WHOLE_VOLUME, ImageSpec, Locality, SubjectSpec, VolumeCost
+from .specs import (
+    UNKNOWN,
+    VOXELWISE,
+    WHOLE_VOLUME,
+    ImageSpec,
+    Locality,
+    SubjectSpec,
+    Unknown,
+    VolumeCost,
+)
 from .subject import Subject
 from .transforms import Transform
 
@@ -44,8 +54,9 @@ _BOOL_BYTES = torch.bool.itemsize
 
 
 class _GridPreserving(Transform):
-    """A deterministic transform of some images of one kind that keeps every image's
-    description; ``include`` or ``exclude`` choose the images by name, as in TorchIO."""
+    """A deterministic transform of some images of one kind that keeps their grid (and, unless
+    a subclass says otherwise, their description); ``include`` or ``exclude`` choose the images
+    by name, as in TorchIO."""
 
     kind: type[Image] = ScalarImage
 
@@ -87,7 +98,7 @@ class _GridPreserving(Transform):
         """The image's new data, a new tensor (``data`` is never written into)."""
         raise NotImplementedError
 
-    def output_spec(self, images: SubjectSpec) -> dict[str, ImageSpec]:
+    def output_spec(self, images: SubjectSpec) -> dict[str, ImageSpec] | Unknown:
         """The input's: voxel values change, nothing else does."""
         return dict(images)
 
@@ -516,3 +527,86 @@ class SequentialLabels(_LabelEdit):
     def _transform(self, subject: Subject, name: str, data: torch.Tensor) -> torch.Tensor:
         labels = torch.unique(data).tolist()
         return self._relabelled(subject, name, data, {old: new for new, old in enumerate(labels)})
+
+
+class OneHot(_GridPreserving):
+    """Encode each single-channel label map with one channel per class: channel ``k`` is 1
+    where the label is ``k`` and 0 elsewhere, in the label map's dtype (TorchIO's ``OneHot``).
+
+    The grid stays; the channels change, so the queue must know their number before reading any
+    voxel to lay out its ring: give ``num_classes``. With ``num_classes=-1`` (the largest label
+    plus one, as in ``torch.nn.functional.one_hot``) the number depends on the voxels: the
+    output is :data:`~shmqueue.specs.UNKNOWN`, and a queue with workers refuses it when it runs.
+
+    Args:
+        num_classes: the number of classes (channels out); -1 for the largest label plus one.
+        p: probability of applying the transform.
+        include: names of the only label maps to encode.
+        exclude: names of label maps not to encode.
+
+    Raises:
+        ValueError: when applied, a chosen label map has more than one channel, or a label
+            outside ``[0, num_classes)``.
+
+    Example:
+        >>> import torch, shmqueue as sq
+        >>> seg = sq.LabelMap(torch.tensor([0, 2, 1]).reshape(1, 3, 1, 1))
+        >>> sq.OneHot(num_classes=3)(sq.Subject(seg=seg)).seg.data.flatten(1).tolist()
+        [[1, 0, 0], [0, 0, 1], [0, 1, 0]]
+    """
+
+    kind = LabelMap
+
+    def __init__(
+        self,
+        num_classes: int = -1,
+        p: float = 1.0,
+        include: Sequence[str] | None = None,
+        exclude: Sequence[str] | None = None,
+    ) -> None:
+        super().__init__(p, include, exclude)
+        if num_classes != -1 and num_classes < 1:
+            raise ValueError(f"num_classes must be positive, or -1; got {num_classes}")
+        self.num_classes = num_classes
+
+    def _transform(self, subject: Subject, name: str, data: torch.Tensor) -> torch.Tensor:
+        if data.shape[0] != 1:
+            raise ValueError(
+                f"OneHot encodes label maps of one channel, but {name!r} has {data.shape[0]}"
+            )
+        low, high = int(data.min()), int(data.max())
+        classes = high + 1 if self.num_classes == -1 else self.num_classes
+        if low < 0 or high >= classes:
+            raise ValueError(
+                f"OneHot(num_classes={self.num_classes}) cannot encode the labels {low} to"
+                f" {high} of {name!r}: they must lie in [0, {classes})"
+            )
+        encoded = torch.zeros((classes, *data.shape[1:]), dtype=data.dtype)
+        return encoded.scatter_(0, data.long(), 1)
+
+    def output_spec(self, images: SubjectSpec) -> dict[str, ImageSpec] | Unknown:
+        """Each chosen label map with ``num_classes`` channels; unknown for ``num_classes=-1``
+        or a chosen label map of several channels (refused when applied)."""
+        chosen = self._chosen_specs(images)
+        if self.num_classes == -1 or any(spec.channels != 1 for spec in chosen.values()):
+            return UNKNOWN
+        encoded = {
+            name: dataclasses.replace(spec, channels=self.num_classes)
+            for name, spec in chosen.items()
+        }
+        return {**images, **encoded}
+
+    @property
+    def locality(self) -> Locality:
+        """Voxel by voxel; the largest label first with ``num_classes=-1``."""
+        return Locality(0, statistics=self.num_classes == -1)
+
+    def memory_cost(self, images: SubjectSpec) -> list[VolumeCost]:
+        """The encoded volume and the labels as int64 (``scatter_``'s index)."""
+        costs = []
+        for name, spec in self._chosen_specs(images).items():
+            classes = max(self.num_classes, 1)  # -1: the number is unknown; at least one
+            output = classes * spec.voxels * spec.dtype.itemsize
+            index = 0 if spec.dtype == torch.int64 else spec.voxels * torch.int64.itemsize
+            costs.append(VolumeCost(name, output + index, output))
+        return costs

@@ -208,9 +208,12 @@ class Queue(IterableDataset[Subject]):
         self.deterministic = deterministic
         self.backend = resolve_backend(backend)
         self._context = resolve_context(multiprocessing_context)
-        # One pass over the headers: every subject checked, its patches counted, the ring laid
-        # out; the planner, the estimator and the testing harness read this catalog.
-        self.catalog = Catalog.build(subjects, patch_sampler, self.max_length, patches_per_volume)
+        # One pass over the headers: every subject predicted through the transform's
+        # deterministic prefix and checked, its patches counted, the ring laid out; the planner,
+        # the estimator and the testing harness read this catalog.
+        self.catalog = Catalog.build(
+            subjects, patch_sampler, self.max_length, patches_per_volume, transform
+        )
         self.layout = self.catalog.layout
         self._check_memory = check_memory
         self._memory = self.estimate_memory()  # checked now, and again when the ring is made

@@ -98,6 +98,32 @@ def transform_steps(
         yield from transform_steps(inner, generator)
 
 
+def deterministic_prefix(transform: SubjectTransform | None) -> list[SubjectTransform]:
+    """The steps of :func:`transform_steps` before the first random one: what every
+    application of ``transform`` runs alike, whatever the generator (a Compose with ``p < 1`` is
+    random as a whole, its steps included).
+
+    Example:
+        >>> import shmqueue as sq
+        >>> deterministic_prefix(sq.Compose([sq.Clamp(0), sq.Noise(), sq.Clamp(1)]))
+        [Clamp(p=1.0, include=None, exclude=None, out_min=0, out_max=None)]
+    """
+    prefix: list[SubjectTransform] = []
+
+    def walk(step: SubjectTransform) -> bool:
+        """Add ``step``'s deterministic steps; whether all of them were."""
+        if type(step) is Compose and step.p == 1.0:  # as transform_steps unpacks it
+            return all(walk(inner) for inner in step.transforms)
+        if described(step).is_random:
+            return False
+        prefix.append(step)
+        return True
+
+    if transform is not None:
+        walk(transform)
+    return prefix
+
+
 def described(transform: SubjectTransform) -> Transform:
     """What answers for ``transform``'s description: itself if it is a :class:`Transform`, else
     a Transform that knows nothing of itself (a plain callable cannot say what it does)."""

@@ -3,6 +3,7 @@ the queue, its planner and the estimator read, and the checks that name ``subjec
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -16,7 +17,8 @@ import torch
 
 import shmqueue as sq
 from shmqueue.catalog import Catalog, patch_count
-from shmqueue.specs import ImageSpec
+from shmqueue.memory.estimate import estimate_catalog
+from shmqueue.specs import ImageSpec, SubjectSpec
 
 MakeNifti = Callable[..., Path]
 
@@ -184,3 +186,122 @@ def test_the_ring_holds_every_subjects_dtype() -> None:
     ]
     catalog = Catalog.build(subjects, sq.UniformSampler(None, 4), 10, 2)
     assert catalog.layout.images == {"seg": (1, torch.int16)}
+
+
+class CropTo(sq.Transform):
+    """Keep the first voxels of the ``include``d images, up to ``shape``: a deterministic step
+    that changes the grid and says so, as a crop or a resampling does."""
+
+    def __init__(self, shape: tuple[int, int, int], include: tuple[str, ...]) -> None:
+        super().__init__()
+        self.shape = shape
+        self.include = include
+
+    def apply(self, subject: sq.Subject, generator: torch.Generator) -> sq.Subject:
+        for name in self.include:
+            region = tuple(slice(0, size) for size in self.shape)
+            subject[name] = subject[name].with_data(subject[name].data[(slice(None), *region)])
+        return subject
+
+    def output_spec(self, images: SubjectSpec) -> dict[str, ImageSpec]:
+        cropped = {
+            name: dataclasses.replace(images[name], spatial_shape=self.shape)
+            for name in self.include
+        }
+        return {**images, **cropped}
+
+    @property
+    def is_random(self) -> bool:
+        return False
+
+
+def two_grids(name: str) -> sq.Subject:
+    """A T1 of 12x12x12 voxels and a label map of 8x8x8: on different grids in their headers."""
+    return sq.Subject(
+        t1=sq.ScalarImage(torch.rand(1, 12, 12, 12, generator=torch.Generator().manual_seed(0))),
+        seg=sq.LabelMap(torch.ones(1, 8, 8, 8, dtype=torch.uint8)),
+        name=name,
+    )
+
+
+def test_subjects_are_checked_as_the_deterministic_transform_makes_them() -> None:
+    """Images on two grids that the transform's deterministic prefix brings to one are accepted,
+    with their patches counted on the transformed grid; what it would leave disagreeing or
+    smaller than the patch is refused at construction, naming the subject, "after the
+    transform". A random step ends the prediction: what follows it is taken to keep the grid."""
+    crop = CropTo((8, 8, 8), ("t1",))
+    subjects = [two_grids("s0"), two_grids("s1")]
+    grid = sq.GridSampler(None, 4)
+    queue = sq.Queue(subjects, grid, max_length=20, patches_per_volume=10, transform=crop)
+    assert queue.catalog.patch_counts == (8, 8)  # 2x2x2 positions in 8x8x8, not 27 in 12x12x12
+    assert queue.catalog.subjects[0].spatial_shape == (8, 8, 8)
+    assert queue.catalog.subjects[0].images[0].spatial_shape == (12, 12, 12)
+    assert len(list(queue)) == 16
+    with pytest.raises(sq.SubjectError, match=r"subjects\[0\]: The images of .* different"):
+        sq.Queue(subjects, grid, max_length=20, transform=sq.Compose([sq.Noise(p=0.5), crop]))
+
+    disagreeing = [subjects[0], sq.Subject(two_grids("s1"), extra=subjects[0].t1)]
+    expected = (
+        r"subjects\[1\]: The images of subject 's1' .* have different spatial shapes after the"
+        r" transform \(t1: \(8, 8, 8\), seg: \(8, 8, 8\), extra: \(12, 12, 12\)\)"
+    )
+    transform = sq.Compose([crop, sq.Flip(), sq.Noise()])
+    with pytest.raises(sq.SubjectError, match=expected):
+        sq.Queue(disagreeing, grid, max_length=20, transform=transform)
+    with pytest.raises(sq.SubjectError, match=expected):
+        sq.estimate_memory(disagreeing, grid, max_length=20, transform=transform)
+
+    small = CropTo((8, 8, 3), ("t1", "seg"))
+    expected = (
+        r"subjects\[0\]: The patch size \(4, 4, 4\) is larger than the volume \(8, 8, 3\) of"
+        r" subject 's0' .* after the transform along axis \[2\]"
+    )
+    with pytest.raises(sq.PatchSizeError, match=expected):
+        sq.Queue(subjects, grid, max_length=20, transform=sq.Compose([crop, small]))
+
+
+def test_pipelines_that_keep_the_grid_keep_their_layout_and_estimate(
+    tensor_subjects: list[sq.Subject],
+) -> None:
+    """With steps that keep every image as it is (Flip, Noise, a Lambda, a random step), the
+    layout, the patch counts and the estimate are those the headers alone give."""
+    sampler = sq.GridSampler(None, 8)
+    for transform in (
+        sq.Compose([sq.Flip(), sq.Noise()]),
+        sq.Compose([sq.Lambda(torch.abs), sq.OneHot(num_classes=3)]),  # unknown, then stopped
+        sq.Compose([sq.Flip(p=0.5), sq.OneHot(num_classes=3)]),  # random, then stopped
+    ):
+        queue = sq.Queue(
+            tensor_subjects, sampler, max_length=10, patches_per_volume=5, transform=transform,
+            num_workers=2, multiprocessing_context="fork",
+        )  # fmt: skip
+        headers = Catalog.build(tensor_subjects, sampler, 10, 5)
+        assert queue.layout == headers.layout
+        assert queue.catalog.patch_counts == headers.patch_counts
+        before = estimate_catalog(
+            headers, tensor_subjects, sampler, transform, num_workers=2, batch_size=4,
+            ranks_per_node=1, pin_memory=False, measure=False, multiprocessing_context="fork",
+        )  # fmt: skip
+        after = queue.estimate_memory(batch_size=4)
+        assert after.total_per_rank == before.total_per_rank
+        assert after.ring == before.ring == headers.layout.ring_bytes
+        queue.close()
+
+
+def test_the_ring_is_laid_out_for_the_one_hot_label_maps() -> None:
+    """``OneHot(num_classes=3)`` makes 3 channels of the label map's dtype: the layout, the ring
+    and the estimate say so; with ``num_classes=-1`` the count is unknown: the headers' 1."""
+    subjects = [two_grids(f"s{index}") for index in range(2)]
+    for subject in subjects:
+        subject["t1"] = sq.ScalarImage(torch.zeros(1, 8, 8, 8))
+    one_hot = Catalog.build(subjects, sq.UniformSampler(None, 4), 10, 2, sq.OneHot(num_classes=3))
+    assert one_hot.layout.images == {"t1": (1, torch.float32), "seg": (3, torch.uint8)}
+    assert one_hot.subjects[0].transformed["seg"].channels == 3
+    headers = Catalog.build(subjects, sq.UniformSampler(None, 4), 10, 2)
+    assert one_hot.layout.slot_bytes == headers.layout.slot_bytes + 2 * 4**3
+    unknown = Catalog.build(subjects, sq.UniformSampler(None, 4), 10, 2, sq.OneHot())
+    assert unknown.layout == headers.layout
+    estimate = sq.estimate_memory(
+        subjects, 4, max_length=10, num_workers=1, transform=sq.OneHot(num_classes=3)
+    )
+    assert estimate.layout == one_hot.layout and estimate.ring == one_hot.layout.ring_bytes

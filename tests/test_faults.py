@@ -449,8 +449,9 @@ FAULTS = (
     Fault(
         transform_changes_channels, "mid-epoch", ALL, sq.SubjectProcessingError,
         r"TransformOutputError: subject 2 'sub-02' .*: image 't1' is 2 channels of torch\.float32"
-        r" after the transform, but the ring of patch slots \(laid out before any transform\)"
-        r" holds 1 channel of torch\.float32; transform step 2 \(DoubleChannelsOf\) changed it",
+        r" after the transform, but the ring of patch slots \(laid out from the headers and the"
+        r" transform's output_spec\) holds 1 channel of torch\.float32; transform step 2"
+        r" \(DoubleChannelsOf\) changed it",
         check=check_transform_changes_channels,
     ),
     Fault(

@@ -3,6 +3,7 @@ through a queue with workers."""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import numpy as np
@@ -13,6 +14,7 @@ import shmqueue as sq
 from shmqueue.preprocessing import (
     Clamp,
     Mask,
+    OneHot,
     RemapLabels,
     RemoveLabels,
     RescaleIntensity,
@@ -20,7 +22,7 @@ from shmqueue.preprocessing import (
     ZNormalization,
 )
 from shmqueue.sampling.base import PATCH_LOCATION_KEY
-from shmqueue.specs import VOXELWISE, WHOLE_VOLUME, ImageSpec, Locality
+from shmqueue.specs import UNKNOWN, VOXELWISE, WHOLE_VOLUME, ImageSpec, Locality
 from shmqueue.transforms import Transform
 
 tio = pytest.importorskip("torchio")
@@ -201,3 +203,87 @@ def test_through_a_queue_with_workers() -> None:
         for name in ("t1", "t2", "seg", "brain"):
             assert patch[name].data.dtype == volume[name].data.dtype
             assert torch.equal(patch[name].data, volume[name].data[slices])
+
+
+@pytest.mark.parametrize(
+    "arguments", [{}, {"num_classes": 13}, {"num_classes": 3, "include": ["brain"]}]
+)
+def test_one_hot_matches_torchio(arguments: dict[str, Any]) -> None:
+    """One channel per class in the label map's dtype, as TorchIO 1.2.1 makes it; scalar
+    images untouched; the output described without voxels when ``num_classes`` is given."""
+    data = volumes(0, torch.int16)
+    result = OneHot(**arguments)(ours(data), torch.Generator())
+    expected = tio.OneHot(**arguments)(theirs(data))
+    for name, tensor in data.items():
+        mine = result[name].data
+        assert mine.dtype == tensor.dtype
+        assert torch.equal(mine, expected[name].data.to(mine.dtype))
+    assert result.seg.data.shape[0] == (1 if "include" in arguments else 13)  # labels 0 to 12
+    affine = np.eye(4)
+    images = {
+        "t1": ImageSpec(sq.ScalarImage, 1, SHAPE[1:], torch.float32, affine),  # type: ignore[arg-type]
+        "seg": ImageSpec(sq.LabelMap, 1, SHAPE[1:], torch.int16, affine),  # type: ignore[arg-type]
+    }
+    described = OneHot(num_classes=4).output_spec(images)
+    assert described == {**images, "seg": dataclasses.replace(images["seg"], channels=4)}
+    assert OneHot().output_spec(images) is UNKNOWN
+    assert not OneHot(num_classes=4).is_random and OneHot(p=0.5).is_random
+    assert OneHot(num_classes=4).memory_cost(images)[0].output == 4 * images["seg"].nbytes
+
+
+def test_one_hot_refusals() -> None:
+    with pytest.raises(ValueError, match="positive, or -1"):
+        OneHot(num_classes=0)
+    subject = ours(volumes(0))
+    with pytest.raises(ValueError, match=r"labels 0 to 12 of 'seg'.*\[0, 5\)"):
+        OneHot(num_classes=5)(subject, torch.Generator())
+    subject["seg"] = sq.LabelMap(torch.zeros(2, *SHAPE[1:], dtype=torch.uint8))
+    with pytest.raises(ValueError, match="one channel, but 'seg' has 2"):
+        OneHot(include=["seg"])(subject, torch.Generator())
+
+
+def test_one_hot_through_a_queue_with_workers() -> None:
+    """``OneHot(num_classes=3)`` with workers: the ring holds 3 channels, and the patches are
+    those of the in-process path, regions of the encoded volumes. Without ``num_classes`` the
+    ring cannot know the channels: both paths refuse it when they run."""
+    subjects = []
+    for seed in range(3):
+        generator = torch.Generator().manual_seed(seed)
+        subjects.append(
+            sq.Subject(
+                t1=sq.ScalarImage(torch.rand(1, 10, 9, 8, generator=generator)),
+                seg=sq.LabelMap(torch.randint(0, 3, (1, 10, 9, 8), generator=generator)),
+                name=f"s{seed}",
+            )
+        )
+    transform = sq.Compose([OneHot(num_classes=3), sq.Noise()])
+    patches = {}
+    for workers in (0, 2):
+        queue = sq.Queue(
+            subjects, sq.UniformSampler(None, 4), max_length=6, patches_per_volume=3,
+            transform=transform, num_workers=workers, multiprocessing_context="fork", seed=7,
+        )  # fmt: skip
+        assert queue.layout.images["seg"] == (3, torch.int64)
+        with queue:
+            patches[workers] = {
+                (patch["name"], patch[PATCH_LOCATION_KEY]): patch for patch in queue
+            }
+    assert patches[0].keys() == patches[2].keys() and len(patches[2]) == 9
+    for (name, location), patch in patches[2].items():
+        seg = OneHot(num_classes=3)(next(s for s in subjects if s["name"] == name)).seg.data
+        assert patch["seg"].data.shape == (3, 4, 4, 4)
+        assert torch.equal(patch["seg"].data, seg[(slice(None), *location.to_slices())])
+        for image in ("t1", "seg"):
+            assert torch.equal(patch[image].data, patches[0][name, location][image].data)
+    for workers in (0, 2):
+        queue = sq.Queue(
+            subjects, sq.UniformSampler(None, 4), max_length=6, patches_per_volume=3,
+            transform=OneHot(), num_workers=workers, multiprocessing_context="fork",
+        )  # fmt: skip
+        with (
+            queue,
+            pytest.raises(
+                sq.SubjectProcessingError, match=r"image 'seg' is 3 channels of torch\.int64"
+            ),
+        ):
+            list(queue)

@@ -81,7 +81,7 @@ def estimate_memory(
             use its measured peak for the per-worker data terms instead of the model. Takes
             seconds and reads those subjects' voxels.
         images: the ring's images as ``{name: (channels, dtype)}``, as a queue's layout holds
-            them; derived from the subjects' headers when omitted.
+            them; derived from the subjects' headers and the transform when omitted.
         multiprocessing_context: the queue's start method (``"fork"``, ``"spawn"``,
             ``"forkserver"``) or context; the platform's default when omitted. Spawned workers
             import torch themselves; forked ones share the training process's pages.
@@ -124,7 +124,7 @@ def estimate_memory(
         if isinstance(patch_size_or_sampler, PatchSampler)
         else UniformSampler(None, patch_size_or_sampler)
     )
-    catalog = Catalog.build(subjects, sampler, max_length, patches_per_volume)
+    catalog = Catalog.build(subjects, sampler, max_length, patches_per_volume, transform)
     if images is not None:
         layout = SlotLayout.build(sampler.patch_size, dict(images), max_length)
         catalog = dataclasses.replace(catalog, layout=layout)

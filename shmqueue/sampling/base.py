@@ -174,16 +174,24 @@ class PatchSampler:
             raise TypeError(f"{type(self).__name__} was built without a subject to iterate over")
         return self(self.subject, self.num_patches)
 
-    def check_fits(self, subject: Subject) -> None:
-        """Raise :class:`PatchSizeError` if the patch is larger than the volume on any axis."""
-        shape = self.prepare_shape(subject.spatial_shape)
+    def check_fits(self, subject: Subject, transformed: Triple | None = None) -> None:
+        """Raise :class:`PatchSizeError` if the patch is larger than the volume on any axis.
+
+        Args:
+            subject: the subject, named in the message.
+            transformed: its spatial shape after the transform, if that is not its headers'
+                (the queue's prediction); None for the headers'.
+        """
+        after = "" if transformed is None else " after the transform"
+        shape = self.prepare_shape(subject.spatial_shape if transformed is None else transformed)
         too_large = [axis for axis in range(3) if self.patch_size[axis] > shape[axis]]
         if too_large:
             raise PatchSizeError(
                 f"The patch size {self.patch_size} is larger than the volume {shape} of"
-                f" {subject.describe()} along axis {too_large}. Use a smaller patch_size, or pad"
-                " the images to at least the patch size first (e.g. a Lambda transform with"
-                " torch.nn.functional.pad, or GridSampler(padding_mode=...) for inference)."
+                f" {subject.describe()}{after} along axis {too_large}. Use a smaller patch_size,"
+                " or pad the images to at least the patch size first (in the files, or in the"
+                " transform with a deterministic step whose output_spec states the padded"
+                " shape), or use GridSampler(padding_mode=...) for inference."
             )
 
     def prepare_shape(self, spatial_shape: Triple) -> Triple:
