@@ -13,12 +13,17 @@ import torch
 import shmqueue as sq
 from shmqueue.preprocessing import (
     Clamp,
+    Crop,
+    CropOrPad,
+    EnsureShapeMultiple,
     Mask,
     OneHot,
+    Pad,
     RemapLabels,
     RemoveLabels,
     RescaleIntensity,
     SequentialLabels,
+    ToCanonical,
     ZNormalization,
 )
 from shmqueue.sampling.base import PATCH_LOCATION_KEY
@@ -287,3 +292,221 @@ def test_one_hot_through_a_queue_with_workers() -> None:
             ),
         ):
             list(queue)
+
+
+# Transforms that change the grid -----------------------------------------------------------------
+
+
+def oblique_affine(seed: int) -> np.ndarray:
+    """A non-trivial affine: a permutation with flips, scaled, slightly rotated, shifted."""
+    rng = np.random.default_rng(seed)
+    permutation = np.eye(3)[rng.permutation(3)] * rng.choice([-1.0, 1.0], 3)
+    angle = rng.uniform(-0.3, 0.3)
+    rotation = np.array(
+        [[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0], [0, 0, 1]]
+    )
+    affine = np.eye(4)
+    affine[:3, :3] = rotation @ permutation @ np.diag(rng.uniform(0.5, 2.0, 3))
+    affine[:3, 3] = rng.uniform(-50, 50, 3)
+    return affine
+
+
+def grid_subjects(seed: int, shape: tuple[int, int, int] = (9, 8, 7)) -> tuple[Any, Any]:
+    """The same volumes, on one oblique grid, as a shmqueue and a TorchIO subject."""
+    generator = torch.Generator().manual_seed(seed)
+    affine = oblique_affine(seed)
+    t1 = torch.randn((1, *shape), generator=generator)
+    t2 = torch.rand((2, *shape), generator=generator) * 100
+    seg = torch.zeros((1, *shape), dtype=torch.int16)
+    region = tuple(slice(size // 4, size // 4 + size // 2) for size in shape)
+    labels = torch.randint(1, 4, seg[(slice(None), *region)].shape, generator=generator)
+    seg[(slice(None), *region)] = labels.short()
+    mine = sq.Subject(
+        t1=sq.ScalarImage(t1, affine=affine),
+        t2=sq.ScalarImage(t2, affine=affine),
+        seg=sq.LabelMap(seg, affine=affine),
+    )
+    reference = tio.Subject(
+        t1=tio.ScalarImage(tensor=t1.clone(), affine=affine),
+        t2=tio.ScalarImage(tensor=t2.clone(), affine=affine),
+        seg=tio.LabelMap(tensor=seg.clone(), affine=affine),
+    )
+    return mine, reference
+
+
+GRID_CASES: list[tuple[str, type[Transform], dict[str, Any]]] = [
+    ("crop-1", Crop, {"cropping": 1}),
+    ("crop-3", Crop, {"cropping": (1, 0, 2)}),
+    ("crop-6", Crop, {"cropping": (0, 3, 1, 2, 2, 0)}),
+    ("crop-include", Crop, {"cropping": 2, "include": ["seg"]}),
+    ("pad-1", Pad, {"padding": 2}),
+    ("pad-6", Pad, {"padding": (1, 0, 0, 3, 2, 1)}),
+    ("pad-value", Pad, {"padding": (1, 2, 3), "padding_mode": -7.5}),
+    ("pad-edge", Pad, {"padding": (2, 1, 0), "padding_mode": "edge"}),
+    ("pad-reflect", Pad, {"padding": 3, "padding_mode": "reflect"}),
+    ("pad-wrap", Pad, {"padding": 2, "padding_mode": "wrap"}),
+    ("pad-mean", Pad, {"padding": 1, "padding_mode": "mean", "exclude": ["seg"]}),
+    ("pad-median", Pad, {"padding": 1, "padding_mode": "median"}),
+    ("pad-maximum", Pad, {"padding": 1, "padding_mode": "maximum"}),
+    ("pad-minimum", Pad, {"padding": 1, "padding_mode": "minimum"}),
+    ("crop-or-pad", CropOrPad, {"target_shape": (6, 11, 7)}),
+    ("crop-or-pad-int", CropOrPad, {"target_shape": 8}),
+    ("crop-or-pad-odd", CropOrPad, {"target_shape": (4, 5, 10), "padding_mode": "edge"}),
+    ("crop-or-pad-none", CropOrPad, {"target_shape": (5, None, 12)}),
+    ("crop-or-pad-mask", CropOrPad, {"target_shape": (6, 6, 9), "mask_name": "seg"}),
+    ("crop-or-pad-mask-odd", CropOrPad, {"target_shape": (5, 7, 4), "mask_name": "seg"}),
+    ("crop-or-pad-labels", CropOrPad, {"target_shape": (3, 3, 3), "mask_name": "seg",
+                                       "labels": [2]}),
+    ("multiple-pad", EnsureShapeMultiple, {"target_multiple": 4}),
+    ("multiple-crop", EnsureShapeMultiple, {"target_multiple": (2, 3, 4), "method": "crop"}),
+    ("canonical", ToCanonical, {}),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("kind", "arguments"),
+    [case[1:] for case in GRID_CASES],
+    ids=[case[0] for case in GRID_CASES],
+)
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+@pytest.mark.filterwarnings("ignore:The constant value computed:RuntimeWarning")
+def test_grid_transforms_match_torchio(
+    kind: type[Transform], arguments: dict[str, Any], seed: int
+) -> None:
+    """Voxels equal to TorchIO 1.2.1's, affines close; output_spec is the actual output."""
+    subject, reference = grid_subjects(seed)
+    inputs = {name: image.data.clone() for name, image in subject.images.items()}
+    specs = {
+        name: ImageSpec(type(image), image.num_channels, image.spatial_shape, image.dtype,
+                        image.affine)
+        for name, image in subject.images.items()
+    }  # fmt: skip
+    transform = kind(**arguments)
+    result = transform(subject, torch.Generator())
+    expected = getattr(tio, kind.__name__)(**arguments)(reference)
+    predicted = transform.output_spec(specs)
+    if arguments.get("mask_name") is not None:
+        assert predicted is UNKNOWN
+    for name, original in inputs.items():
+        assert torch.equal(subject[name].data, original)  # never written into
+        mine, theirs_ = result[name], expected[name]
+        assert mine.data.dtype == original.dtype
+        assert mine.data.shape == theirs_.data.shape
+        assert torch.equal(mine.data, theirs_.data.to(mine.data.dtype))
+        np.testing.assert_allclose(mine.affine, theirs_.affine, rtol=1e-12, atol=1e-9)
+        if predicted is not UNKNOWN:
+            spec = predicted[name]
+            assert spec.spatial_shape == mine.spatial_shape
+            assert np.array_equal(spec.affine, mine.affine)
+            assert spec.channels == mine.num_channels
+            assert spec.dtype == mine.data.dtype
+            assert spec.kind is type(mine)
+
+
+def world(affine: np.ndarray, index: tuple[int, int, int]) -> np.ndarray:
+    return affine[:3, :3] @ np.asarray(index, dtype=np.float64) + affine[:3, 3]
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_to_canonical_keeps_world_positions(seed: int) -> None:
+    """Each voxel's value is found at the same world position after reorientation."""
+    subject, _ = grid_subjects(seed, (4, 5, 6))
+    before = subject["t2"]
+    after = ToCanonical()(subject, torch.Generator())["t2"]
+    assert sorted(after.spatial_shape) == sorted(before.spatial_shape)
+    inverse = np.linalg.inv(after.affine)
+    for index in np.ndindex(*before.spatial_shape):
+        position = inverse[:3, :3] @ world(before.affine, index) + inverse[:3, 3]
+        moved = tuple(int(value) for value in np.rint(position))
+        np.testing.assert_allclose(position, moved, atol=1e-6)
+        assert torch.equal(after.data[(slice(None), *moved)], before.data[(slice(None), *index)])
+
+
+def test_crop_and_pad_keep_world_positions() -> None:
+    subject, _ = grid_subjects(5)
+    before = subject["t1"]
+    cropped = Crop((1, 0, 2, 1, 0, 3))(subject, torch.Generator())["t1"]
+    padded = Pad((2, 0, 1, 0, 0, 4))(subject, torch.Generator())["t1"]
+    np.testing.assert_allclose(world(cropped.affine, (0, 0, 0)), world(before.affine, (1, 2, 0)))
+    np.testing.assert_allclose(world(padded.affine, (2, 1, 0)), world(before.affine, (0, 0, 0)))
+    assert torch.equal(padded.data[:, 2:11, 1:9, 0:7], before.data)
+
+
+def test_grid_transforms_describe_themselves() -> None:
+    for transform in (Crop(1), Pad(2), CropOrPad(8), EnsureShapeMultiple(4), ToCanonical()):
+        assert not transform.is_random
+        assert transform.locality == Locality(0, moves_voxels=True)
+    assert Crop(1, p=0.5).is_random
+    assert CropOrPad(8, mask_name="seg").locality == WHOLE_VOLUME
+    assert Pad(1, padding_mode="mean").locality == Locality(0, True, True)
+    spec = ImageSpec(sq.ScalarImage, 2, (10, 6, 8), torch.float32, oblique_affine(0))
+    label = ImageSpec(sq.LabelMap, 1, (10, 6, 8), torch.int16, oblique_affine(0))
+    costs = CropOrPad((8, 8, 8)).memory_cost({"t2": spec, "seg": label})
+    assert [(cost.image, cost.peak, cost.output) for cost in costs] == [
+        ("t2", 2 * 512 * 4, 2 * 512 * 4),
+        ("seg", 512 * 2, 512 * 2),
+    ]
+    assert CropOrPad(8, mask_name="seg").output_spec({"t2": spec}) is UNKNOWN
+
+
+def test_grid_transform_refusals() -> None:
+    with pytest.raises(ValueError, match="cropping"):
+        Crop((1, 2))
+    with pytest.raises(ValueError, match="padding"):
+        Pad(-1)
+    with pytest.raises(KeyError, match="Padding mode"):
+        Pad(1, padding_mode="nearest")
+    with pytest.raises(ValueError, match="target_shape"):
+        CropOrPad((8, 8))
+    with pytest.raises(ValueError, match="labels"):
+        CropOrPad(8, labels=[1])
+    with pytest.raises(ValueError, match="Method"):
+        EnsureShapeMultiple(8, method="resample")
+    subject, _ = grid_subjects(0)
+    with pytest.raises(ValueError, match="cannot crop"):
+        Crop(5)(subject, torch.Generator())
+    assert Crop(5).output_spec({"t1": ImageSpec(sq.ScalarImage, 1, (9, 8, 7), torch.float32,
+                                                np.eye(4))}) is UNKNOWN  # fmt: skip
+
+
+def test_crop_or_pad_mask_falls_back_to_the_centre() -> None:
+    subject, _ = grid_subjects(0)
+    subject["seg"] = subject["seg"].with_data(torch.zeros_like(subject["seg"].data))
+    with pytest.warns(RuntimeWarning, match="are zero"):
+        masked = CropOrPad(6, mask_name="seg")(subject, torch.Generator())
+    centred = CropOrPad(6)(subject, torch.Generator())
+    assert torch.equal(masked["t1"].data, centred["t1"].data)
+    with pytest.warns(RuntimeWarning, match="not found"):
+        CropOrPad(6, mask_name="brain")(subject, torch.Generator())
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_crop_or_pad_through_a_queue(num_workers: int) -> None:
+    """Subjects of different shapes cropped or padded to one: patches from fork-started
+    workers, and in-process, are regions of the volumes transformed in-process."""
+    shapes = [(20, 12, 16), (9, 16, 25), (16, 16, 16)]
+    subjects = []
+    for index, shape in enumerate(shapes):
+        subject, _ = grid_subjects(index, shape)
+        subject["name"] = f"s{index}"
+        subjects.append(subject)
+    transform = CropOrPad((16, 16, 16))
+    expected = {subject["name"]: transform(subject, torch.Generator()) for subject in subjects}
+    queue = sq.Queue(
+        subjects,
+        sq.UniformSampler(None, (8, 8, 8)),
+        max_length=6,
+        patches_per_volume=3,
+        transform=transform,
+        num_workers=num_workers,
+        multiprocessing_context="fork",
+    )
+    with queue:
+        patches = list(queue)
+    assert len(patches) == 9
+    for patch in patches:
+        volume = expected[patch["name"]]
+        slices = (slice(None), *patch[PATCH_LOCATION_KEY].to_slices())
+        for name in ("t1", "t2", "seg"):
+            assert patch[name].data.dtype == volume[name].data.dtype
+            assert torch.equal(patch[name].data, volume[name].data[slices])
