@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -174,6 +175,9 @@ class Transform:
         True
     """
 
+    draws: ClassVar[bool] = True
+    """Whether :meth:`apply` draws from its generator; a deterministic transform says False."""
+
     def __init__(self, p: float = 1.0) -> None:
         if not 0.0 <= p <= 1.0:
             raise ValueError(f"p must be a probability in [0, 1], got {p}")
@@ -197,8 +201,9 @@ class Transform:
 
     @property
     def is_random(self) -> bool:
-        """Whether two applications to the same subject may differ (with ``p < 1``, always)."""
-        return True
+        """Whether two applications to the same subject may differ: with ``p < 1`` always, else
+        if the transform draws from its generator (:attr:`draws`)."""
+        return self.p < 1.0 or self.draws
 
     @property
     def locality(self) -> Locality:
@@ -299,6 +304,8 @@ class Flip(Transform):
     independent flips per axis. Label maps are flipped too, so they stay aligned.
     """
 
+    draws = False
+
     def __init__(self, axes: int | Sequence[int] = (0,), p: float = 1.0) -> None:
         super().__init__(p)
         axes_tuple = (axes,) if isinstance(axes, int) else tuple(axes)
@@ -313,10 +320,6 @@ class Flip(Transform):
     def output_spec(self, images: SubjectSpec) -> dict[str, ImageSpec]:
         """The input's: the voxels move, the grid and its affine stay."""
         return dict(images)
-
-    @property
-    def is_random(self) -> bool:
-        return self.p < 1.0
 
     @property
     def locality(self) -> Locality:
@@ -391,6 +394,8 @@ class Lambda(Transform):
     :class:`~shmqueue.TorchioAdapter` or :class:`~shmqueue.MonaiAdapter`.
     """
 
+    draws = False  # the function gets no generator (it must be deterministic)
+
     def __init__(
         self,
         function: Callable[[torch.Tensor], torch.Tensor],
@@ -407,11 +412,6 @@ class Lambda(Transform):
     @property
     def _kinds(self) -> tuple[type[Image], ...]:
         return self.types_to_apply or (Image,)
-
-    @property
-    def is_random(self) -> bool:
-        """Only through ``p``: the function gets no generator (it must be deterministic)."""
-        return self.p < 1.0
 
     def memory_cost(self, images: SubjectSpec) -> list[VolumeCost]:
         """Two volumes of every image it applies to at once, one of which it returns."""

@@ -44,6 +44,7 @@ class _GridPreserving(Transform):
     by name, as in TorchIO."""
 
     kind: type[Image] = ScalarImage
+    draws = False
 
     def __init__(
         self,
@@ -86,10 +87,6 @@ class _GridPreserving(Transform):
     def output_spec(self, images: SubjectSpec) -> dict[str, ImageSpec] | Unknown:
         """The input's: voxel values change, nothing else does."""
         return dict(images)
-
-    @property
-    def is_random(self) -> bool:
-        return self.p < 1.0
 
     @property
     def locality(self) -> Locality:
