@@ -22,7 +22,7 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager, ExitStack, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, ClassVar
+from typing import Any, BinaryIO, ClassVar, Protocol
 
 import nibabel as nib
 import numpy as np
@@ -276,6 +276,24 @@ def shift_affine(affine: np.ndarray, index: tuple[int, int, int]) -> np.ndarray:
     return shifted
 
 
+class DeferredSource(Protocol):
+    """Voxels computed when read (:mod:`shmqueue.augmentation.deferred`): a box at a time, or
+    all at once."""
+
+    @property
+    def channels(self) -> int: ...
+
+    @property
+    def shape(self) -> tuple[int, int, int]: ...
+
+    @property
+    def dtype(self) -> torch.dtype: ...
+
+    def patch(self, index: tuple[int, int, int], size: tuple[int, int, int]) -> torch.Tensor: ...
+
+    def whole(self) -> torch.Tensor: ...
+
+
 class Image:
     """A 3D image with channels, from a path or from a tensor/array.
 
@@ -308,6 +326,7 @@ class Image:
     """
 
     kind: ClassVar[str] = "image"
+    _deferred: DeferredSource | None = None
     type: ClassVar[str] = INTENSITY
     """TorchIO's type of the image: :data:`~shmqueue.INTENSITY`, or :data:`~shmqueue.LABEL`
     for a :class:`LabelMap`."""
@@ -376,6 +395,8 @@ class Image:
         if self._data is not None:
             c, x, y, z = self._data.shape
             return (c, x, y, z)
+        if self._deferred is not None:
+            return (self._deferred.channels, *self._deferred.shape)
         return self.header.shape
 
     @property
@@ -404,6 +425,8 @@ class Image:
         """The dtype of :attr:`data` once loaded (known from the header)."""
         if self._data is not None:
             return self._data.dtype
+        if self._deferred is not None:
+            return self._deferred.dtype
         return self._loaded_dtype(self.header.read_dtype)
 
     # Data -----------------------------------------------------------------------------------
@@ -449,6 +472,9 @@ class Image:
             ImageFileError: the file is truncated or corrupt.
         """
         if self._data is not None:
+            return
+        if self._deferred is not None:
+            self._data, self._deferred = self._deferred.whole(), None
             return
         opened = self._open()  # reads the header: compared below at no extra cost
         now = opened.header
@@ -547,12 +573,30 @@ class Image:
         shape = _validate_tensor_shape(tuple(data.shape), f"Data for {self.describe()}")
         image = self.copy()
         image._data = data.reshape(shape)
+        image._deferred = None
         return image
+
+    def deferred(self, voxels: DeferredSource) -> Image:
+        """A new image of the same kind, path and affine whose voxels ``voxels`` computes when
+        they are read: a region at a time (:meth:`voxels_at`, :meth:`crop`), or all of them on
+        first access to :attr:`data`."""
+        image = self.copy()
+        image._data = None
+        image._deferred = voxels
+        return image
+
+    def voxels_at(self, index: tuple[int, int, int], size: tuple[int, int, int]) -> torch.Tensor:
+        """The voxels of the box ``index : index + size``, ``(C, *size)``: a view of the loaded
+        data, or computed for that box alone if the image is deferred (never to be written
+        into)."""
+        if self._data is None and self._deferred is not None:
+            return self._deferred.patch(index, size)
+        region = tuple(slice(start, start + length) for start, length in zip(index, size))
+        return self.data[(slice(None), *region)]
 
     def crop(self, index: tuple[int, int, int], size: tuple[int, int, int]) -> Image:
         """A copy of the region ``index : index + size`` (never a view), with a shifted affine."""
-        region = tuple(slice(start, start + length) for start, length in zip(index, size))
-        return self.as_patch(self.data[(slice(None), *region)].clone(), index)
+        return self.as_patch(self.voxels_at(index, size).clone(), index)
 
     def as_patch(
         self, data: torch.Tensor, index: tuple[int, int, int], affine: np.ndarray | None = None
@@ -582,7 +626,7 @@ class Image:
     def __getstate__(self) -> dict[str, Any]:
         return {
             "path": self.path,
-            "_data": self._data,
+            "_data": self._data if self._deferred is None else self.data,
             "_header": self._header,
             "_reader": self._reader,
         }
