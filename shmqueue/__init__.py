@@ -4,8 +4,19 @@ A TorchIO-compatible API: switch with ``import shmqueue as tio``.
 """
 
 from .adapters import MonaiAdapter, TorchioAdapter
+from .augmentation import (
+    Affine,
+    Augmentation,
+    ElasticDeformation,
+    Flip,
+    Noise,
+    RandomAffine,
+    RandomElasticDeformation,
+    RandomFlip,
+    RandomNoise,
+)
 from .batch import Batch, BatchImage, collate_subjects
-from .compat import GridAggregator, RandomFlip, RandomNoise
+from .compat import GridAggregator
 from .constants import AFFINE, DATA, INTENSITY, LABEL, LOCATION, PATH, TYPE
 from .dataset import SubjectsDataset
 from .distributed import (
@@ -66,13 +77,7 @@ from .sampling import (
 )
 from .stats import QueueStats
 from .subject import Subject
-from .transforms import (
-    Compose,
-    Flip,
-    Lambda,
-    Noise,
-    Transform,
-)
+from .transforms import Compose, Lambda, Transform
 
 __version__ = "0.1.0"
 
@@ -84,6 +89,8 @@ __all__ = [
     "LOCATION",
     "PATH",
     "TYPE",
+    "Affine",
+    "Augmentation",
     "Batch",
     "BatchImage",
     "Clamp",
@@ -92,6 +99,7 @@ __all__ = [
     "Crop",
     "CropOrPad",
     "DistributedSubjectSampler",
+    "ElasticDeformation",
     "EnsureShapeMultiple",
     "EqualizationWarning",
     "Flip",
@@ -121,6 +129,8 @@ __all__ = [
     "Queue",
     "QueueClosedError",
     "QueueStats",
+    "RandomAffine",
+    "RandomElasticDeformation",
     "RandomFlip",
     "RandomNoise",
     "RankInfo",

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .augmentation import Flip, Noise
 from .batch import Batch
 from .image import LabelMap, ScalarImage
 from .loader import SubjectsLoader
@@ -29,7 +30,7 @@ from .preprocessing import RescaleIntensity
 from .queue import Queue
 from .sampling.weighted import LabelSampler
 from .subject import Subject
-from .transforms import Compose, Flip, Noise
+from .transforms import Compose
 from .tree_memory import TreeMemorySampler
 from .units import pretty_bytes
 

@@ -21,10 +21,9 @@ import secrets
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import ClassVar
 
-import numpy as np
 import torch
 
-from .image import Image, ScalarImage
+from .image import Image
 from .seeding import seeded_global_generators
 from .specs import (
     UNKNOWN,
@@ -37,7 +36,6 @@ from .specs import (
     VolumeCost,
 )
 from .subject import Subject
-from .volumes import empty_volume
 
 SubjectTransform = Callable[[Subject], Subject]
 
@@ -185,9 +183,13 @@ class Transform:
 
     def __call__(self, subject: Subject, generator: torch.Generator | None = None) -> Subject:
         generator = fresh_generator() if generator is None else generator
-        if self.p < 1.0 and torch.rand((), generator=generator).item() >= self.p:
+        if not self.happens(generator):
             return subject
         return self.apply(subject.copy(), generator)
+
+    def happens(self, generator: torch.Generator) -> bool:
+        """Whether this application takes place: drawn from ``generator`` when ``p < 1``."""
+        return self.p == 1.0 or torch.rand((), generator=generator).item() < self.p
 
     def apply(self, subject: Subject, generator: torch.Generator) -> Subject:
         raise NotImplementedError
@@ -295,88 +297,6 @@ class Compose(Transform):
             for step, inputs, _ in described_steps(self.transforms, images)
             for cost in step.memory_cost(inputs)
         ]
-
-
-class Flip(Transform):
-    """Reverse the images along the given spatial axes (0, 1, 2 for X, Y, Z).
-
-    With probability ``p`` all the given axes are flipped together; compose several Flips for
-    independent flips per axis. Label maps are flipped too, so they stay aligned.
-    """
-
-    draws = False
-
-    def __init__(self, axes: int | Sequence[int] = (0,), p: float = 1.0) -> None:
-        super().__init__(p)
-        axes_tuple = (axes,) if isinstance(axes, int) else tuple(axes)
-        if not axes_tuple or any(axis not in (0, 1, 2) for axis in axes_tuple):
-            raise ValueError(f"Flip axes must be spatial axes among 0, 1, 2; got {axes!r}")
-        self.axes = axes_tuple
-
-    def apply(self, subject: Subject, generator: torch.Generator) -> Subject:
-        dims = tuple(axis + 1 for axis in self.axes)
-        return _replace_images(subject, lambda data: _flipped(data, dims), (Image,))
-
-    def output_spec(self, images: SubjectSpec) -> dict[str, ImageSpec]:
-        """The input's: the voxels move, the grid and its affine stay."""
-        return dict(images)
-
-    @property
-    def locality(self) -> Locality:
-        """A patch's voxels come from its mirror image: a coordinate mapping, no neighbourhood."""
-        return Locality(0, moves_voxels=True)
-
-    def memory_cost(self, images: SubjectSpec) -> list[VolumeCost]:
-        """One copy of every image."""
-        return _volume_costs(images, (Image,), peak=1, output=1)
-
-
-def _flipped(data: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
-    """``torch.flip(data, dims)``, as numpy's copy of a reversed view into a reused volume.
-
-    ``torch.flip`` of one axis other than the last is 4-7x slower than numpy's copy (18 ms
-    against 3-5 ms for a 182x218x182 float32 volume), and it always maps fresh pages.
-    """
-    if data.dtype == torch.bfloat16:  # numpy has no bfloat16
-        return torch.flip(data, dims)
-    flipped = empty_volume(tuple(data.shape), data.dtype)
-    np.copyto(flipped.numpy(), np.flip(data.numpy(), dims))
-    return flipped
-
-
-class Noise(Transform):
-    """Add Gaussian noise ``N(mean, std)`` to scalar images (label maps are left alone)."""
-
-    def __init__(self, mean: float = 0.0, std: float = 0.1, p: float = 1.0) -> None:
-        super().__init__(p)
-        if std < 0:
-            raise ValueError(f"Noise std must be >= 0, got {std}")
-        self.mean = mean
-        self.std = std
-
-    def apply(self, subject: Subject, generator: torch.Generator) -> Subject:
-        return _replace_images(
-            subject, lambda data: add_noise(data, self.mean, self.std, generator), (ScalarImage,)
-        )
-
-    def output_spec(self, images: SubjectSpec) -> dict[str, ImageSpec]:
-        return dict(images)
-
-    @property
-    def locality(self) -> Locality:
-        return VOXELWISE
-
-    def memory_cost(self, images: SubjectSpec) -> list[VolumeCost]:
-        """One noise volume per scalar image, to which the image is added in place."""
-        return _volume_costs(images, (ScalarImage,), peak=1, output=1)
-
-
-def add_noise(
-    data: torch.Tensor, mean: float, std: float, generator: torch.Generator
-) -> torch.Tensor:
-    """``data`` plus Gaussian noise ``N(mean, std)`` drawn from ``generator``, in a new volume."""
-    noisy = empty_volume(tuple(data.shape), data.dtype)
-    return noisy.normal_(mean, std, generator=generator).add_(data)
 
 
 class Lambda(Transform):

@@ -30,13 +30,14 @@ from typing import Any
 import numpy as np
 from hypothesis import strategies as st
 
+from ..augmentation import Flip, Noise
 from ..image import LabelMap, ScalarImage
 from ..preprocessing import RescaleIntensity, ZNormalization
 from ..queue import Queue
 from ..sampling import GridSampler, LabelSampler, PatchSampler, UniformSampler, WeightedSampler
 from ..sampling.grid import PADDING_MODES
 from ..subject import Subject
-from ..transforms import Compose, Flip, Noise, Transform
+from ..transforms import Compose, Transform
 
 __all__ = [
     "LABEL_DTYPES",
