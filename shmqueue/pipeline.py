@@ -22,6 +22,8 @@ from collections.abc import Mapping, Sequence
 import torch
 
 from .adapters.base import refuse_foreign_transforms
+from .augmentation.base import Augmentation, Operation, subject_specs
+from .augmentation.deferred import deferred, evaluated
 from .errors import SamplingError, TransformOutputError
 from .machine import return_free_memory
 from .plan import SubjectTask
@@ -43,6 +45,10 @@ class SubjectPipeline:
         sampler: prepares the transformed subject and draws the patch locations.
         images: what the ring holds of each image, name -> ``(channels, dtype)`` (the queue's
             ``layout.images``); :meth:`run` raises if the transformed subject differs.
+        patch_evaluation: evaluate the augmentations after the last step that needs the whole
+            volume (:class:`~shmqueue.Augmentation` steps) at the patches' voxels only (see
+            :mod:`shmqueue.augmentation.deferred`); False evaluates them on the whole volume,
+            the reference that patch evaluation equals.
     """
 
     def __init__(
@@ -51,15 +57,21 @@ class SubjectPipeline:
         transform: SubjectTransform | None,
         sampler: PatchSampler,
         images: Mapping[str, RingImage],
+        patch_evaluation: bool = True,
     ) -> None:
         refuse_foreign_transforms(transform)
         self.subjects = subjects
         self.transform = transform
         self.sampler = sampler
         self.images = dict(images)
+        self.patch_evaluation = patch_evaluation
 
     def run(self, task: SubjectTask) -> tuple[Subject, list[PatchLocation]]:
         """The augmented, prepared subject and exactly ``task.num_patches`` patch locations.
+
+        The subject's images may be deferred (:meth:`~shmqueue.Image.deferred`): read each
+        patch with :meth:`~shmqueue.Image.voxels_at` (or :meth:`~shmqueue.Image.crop`), which
+        computes it alone.
 
         Raises:
             TransformOutputError: the transformed subject's images are not what the ring holds
@@ -73,9 +85,16 @@ class SubjectPipeline:
         # Each stage's image specs (from tensor shapes and dtypes, no voxel read), so that a
         # mismatch is blamed on the step that made it.
         stages = [("loading the files", _image_specs(subject))]
+        pending: list[Operation] = []  # deferred augmentations' operations, in order
         for number, step in enumerate(transform_steps(self.transform, generator), start=1):
+            if self.patch_evaluation and isinstance(step, Augmentation) and step.deferrable:
+                pending += step.draw(subject_specs(subject), generator)
+                continue
+            if pending:  # a step that needs the whole volume: evaluate what came before it
+                subject, pending = evaluated(subject, pending), []
             subject = apply_transform(step, subject, generator)  # frees the step's input
             stages.append((f"transform step {number} ({_step_name(step)})", _image_specs(subject)))
+        subject = deferred(subject, pending)  # evaluated where the patches are read
         subject = self.sampler.prepare(subject)
         subject.spatial_shape  # noqa: B018 -- raises if the transform broke the alignment
         stages.append((f"{type(self.sampler).__name__}.prepare", _image_specs(subject)))

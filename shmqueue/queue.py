@@ -115,6 +115,10 @@ class Queue(IterableDataset[Subject]):
             :meth:`estimate_memory`; batches of 16 assumed) with the available memory and raise
             :class:`~shmqueue.MemoryBudgetError` if it cannot fit. ``False`` skips that check;
             the ring is always checked against its backend's capacity.
+        patch_evaluation: evaluate the augmentations (:class:`~shmqueue.Augmentation`) after
+            the transform's last step that needs the whole volume at the patches' voxels only,
+            with the same result as on the whole volume (see :mod:`shmqueue.augmentation`);
+            False evaluates them on the whole volume, as TorchIO does.
         timeout: seconds the training loop may wait with no worker reporting before
             :class:`~shmqueue.WorkerTimeoutError` names the subjects in flight (as torch's
             DataLoader ``timeout``); 0, the default, waits as long as it takes (with a warning
@@ -149,6 +153,7 @@ class Queue(IterableDataset[Subject]):
         backend: str = "auto",
         equalize: str = "pad",
         check_memory: bool = True,
+        patch_evaluation: bool = True,
         timeout: float = 0.0,
     ) -> None:
         patch_sampler, max_length, patches_per_volume = queue_call_form(
@@ -218,7 +223,10 @@ class Queue(IterableDataset[Subject]):
         self._check_memory = check_memory
         self._memory = self.estimate_memory()  # checked now, and again when the ring is made
         self._preflight()
-        self._pipeline = SubjectPipeline(subjects, transform, patch_sampler, self.layout.images)
+        self.patch_evaluation = patch_evaluation
+        self._pipeline = SubjectPipeline(
+            subjects, transform, patch_sampler, self.layout.images, patch_evaluation
+        )
         self._epoch = 0
         # The newest iteration's plan; an iterator with another plan was superseded.
         self._live_plan: EpochPlan | None = None

@@ -20,6 +20,7 @@ import psutil
 import pytest
 import torch
 
+from shmqueue.augmentation import Flip, Noise
 from shmqueue.batch import Batch
 from shmqueue.errors import (
     ConcurrentIterationError,
@@ -45,7 +46,7 @@ from shmqueue.sampling.base import PATCH_LOCATION_KEY, PatchLocation, PatchSampl
 from shmqueue.sampling.uniform import UniformSampler
 from shmqueue.sampling.weighted import LabelSampler, WeightedSampler
 from shmqueue.subject import Subject
-from shmqueue.transforms import Compose, Flip, Lambda, Noise, SubjectTransform
+from shmqueue.transforms import Compose, Lambda, SubjectTransform
 
 MakeNifti = Callable[..., Path]
 PPV = 3  # patches per volume in most tests
@@ -293,7 +294,8 @@ def transformed(
 
 
 def check_batch_fidelity(queue: Queue, batches: list[Batch], epoch_index: int) -> None:
-    """Every row equals, bit for bit, the region of the augmented subject at its location."""
+    """Every row equals, bit for bit, the region of the augmented subject at its location (as
+    the pipeline evaluates it there)."""
     index_of = {subject.name: i for i, subject in enumerate(queue.subjects)}
     seen: dict[str, list[PatchLocation]] = {}
     for batch in batches:
@@ -308,9 +310,10 @@ def check_batch_fidelity(queue: Queue, batches: list[Batch], epoch_index: int) -
         for row, name in enumerate(batch.name):
             subject, _ = transformed(queue, index_of[name], epoch_index)
             location = batch.patch_location[row]
-            region = (slice(None), *location.to_slices())
-            assert torch.equal(batch.t1.data[row], subject.t1.data[region])
-            assert torch.equal(batch.seg.data[row], subject.seg.data[region])
+            # The subject's augmentations are deferred: each region is computed as the worker
+            # computed it (per-voxel noise drawn per patch).
+            assert torch.equal(batch.t1.data[row], subject.t1.voxels_at(*location))
+            assert torch.equal(batch.seg.data[row], subject.seg.voxels_at(*location))
             assert batch.location[row].tolist() == [*location.index, *location.stop]
             assert batch.age[row] == queue.subjects[index_of[name]].age
             patch_origin = batch.t1.affine[row].numpy() @ np.array([0, 0, 0, 1.0])

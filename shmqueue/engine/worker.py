@@ -57,9 +57,8 @@ def run_task(
     try:
         subject, locations = pipeline.run(task)
         for patch_number, (slot, location) in enumerate(zip(message.slots, locations)):
-            region = (slice(None), *location.to_slices())
             for name, patches in ring.patches.items():
-                patches[slot].copy_(subject.images[name].data[region])
+                patches[slot].copy_(subject.images[name].voxels_at(location.index, location.size))
             ring.metadata[slot] = (
                 task.epoch,
                 task.position,

@@ -232,7 +232,9 @@ def _order_is_defined(queue: Queue) -> bool:
 
 def _planned_patches(queue: Queue, plan: EpochPlan) -> list[_PlannedPatch]:
     """Every patch of the plan, recomputed in this process as the in-process path makes it."""
-    pipeline = SubjectPipeline(queue.subjects, queue.transform, queue.sampler, queue.layout.images)
+    pipeline = SubjectPipeline(
+        queue.subjects, queue.transform, queue.sampler, queue.layout.images, queue.patch_evaluation
+    )
     dtypes = {field.name: field.dtype for field in queue.layout.fields}
     planned = []
     for task in plan.tasks:
