@@ -22,14 +22,13 @@ from collections.abc import Mapping, Sequence
 import torch
 
 from .adapters.base import refuse_foreign_transforms
-from .augmentation.base import Augmentation, Operation, subject_specs
-from .augmentation.deferred import deferred, evaluated
+from .augmentation.deferred import deferred, evaluated, run_steps
 from .errors import SamplingError, TransformOutputError
 from .machine import return_free_memory
 from .plan import SubjectTask
 from .sampling.base import PatchLocation, PatchSampler
 from .subject import Subject
-from .transforms import SubjectTransform, apply_transform, transform_steps
+from .transforms import SubjectTransform, transform_steps
 
 RingImage = tuple[int, torch.dtype]
 """What the ring holds of one image: ``(channels, dtype)``."""
@@ -85,16 +84,16 @@ class SubjectPipeline:
         # Each stage's image specs (from tensor shapes and dtypes, no voxel read), so that a
         # mismatch is blamed on the step that made it.
         stages = [("loading the files", _image_specs(subject))]
-        pending: list[Operation] = []  # deferred augmentations' operations, in order
-        for number, step in enumerate(transform_steps(self.transform, generator), start=1):
-            if self.patch_evaluation and isinstance(step, Augmentation) and step.deferrable:
-                pending += step.draw(subject_specs(subject), generator)
-                continue
-            if pending:  # a step that needs the whole volume: evaluate what came before it
-                subject, pending = evaluated(subject, pending), []
-            subject = apply_transform(step, subject, generator)  # frees the step's input
-            stages.append((f"transform step {number} ({_step_name(step)})", _image_specs(subject)))
-        subject = deferred(subject, pending)  # evaluated where the patches are read
+
+        def record(step: SubjectTransform, result: Subject) -> None:
+            name = f"transform step {len(stages)} ({_step_name(step)})"
+            stages.append((name, _image_specs(result)))
+
+        steps = transform_steps(self.transform, generator)
+        subject, pending = run_steps(steps, subject, generator, record)
+        # The last augmentations: evaluated only where the patches are read, or on the whole
+        # volume (the reference), with the same parameters either way.
+        subject = (deferred if self.patch_evaluation else evaluated)(subject, pending)
         subject = self.sampler.prepare(subject)
         subject.spatial_shape  # noqa: B018 -- raises if the transform broke the alignment
         stages.append((f"{type(self.sampler).__name__}.prepare", _image_specs(subject)))

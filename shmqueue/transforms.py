@@ -263,9 +263,12 @@ class Compose(Transform):
         self.transforms = list(transforms)
 
     def apply(self, subject: Subject, generator: torch.Generator) -> Subject:
-        for transform in self.transforms:
-            subject = apply_transform(transform, subject, generator)
-        return subject
+        """The transforms in turn; consecutive augmentations are evaluated together, with one
+        resampling (:func:`~shmqueue.augmentation.deferred.run_steps`), as a queue does."""
+        from .augmentation.deferred import evaluated, run_steps  # built on this module
+
+        subject, pending = run_steps(self.transforms, subject, generator)
+        return evaluated(subject, pending)
 
     def output_spec(self, images: SubjectSpec) -> dict[str, ImageSpec] | Unknown:
         """The last step's output, each step given the previous one's; unknown if any step's is."""

@@ -25,7 +25,7 @@ outside too).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,11 +34,14 @@ import torch.nn.functional as functional
 
 from ..image import Image
 from ..subject import Subject
+from ..transforms import SubjectTransform, apply_transform
 from .base import (
+    Augmentation,
     Fill,
     IntensityOperation,
     Operation,
     SpatialOperation,
+    subject_specs,
     voxel_coordinates,
 )
 from .regions import Region, Triple, read_region
@@ -305,3 +308,31 @@ def evaluated(subject: Subject, operations: Sequence[Operation]) -> Subject:
         if voxels.stages:
             subject[name] = image.with_data(voxels.whole())
     return subject
+
+
+def run_steps(
+    steps: Iterable[SubjectTransform],
+    subject: Subject,
+    generator: torch.Generator,
+    after_step: Callable[[SubjectTransform, Subject], None] | None = None,
+) -> tuple[Subject, list[Operation]]:
+    """Apply ``steps`` in order, drawing consecutive augmentations' operations without
+    evaluating them: they are evaluated together (one resampling) before the next step of
+    another kind, and those left at the end are returned, for the caller to evaluate
+    (:func:`evaluated`) or defer (:func:`deferred`). ``after_step`` sees each other step's
+    result.
+
+    The generator is drawn from as applying each step in turn draws from it, so a subject's
+    parameters do not depend on how its augmentations are evaluated.
+    """
+    pending: list[Operation] = []
+    for step in steps:
+        if isinstance(step, Augmentation) and step.deferrable:
+            pending += step.draw(subject_specs(subject), generator)
+            continue
+        if pending:
+            subject, pending = evaluated(subject, pending), []
+        subject = apply_transform(step, subject, generator)  # frees the step's input
+        if after_step is not None:
+            after_step(step, subject)
+    return subject, pending

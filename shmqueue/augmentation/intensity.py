@@ -16,7 +16,7 @@ import torch
 from ..specs import SubjectSpec, VolumeCost
 from .base import Augmentation, IntensityOperation, Operation, Selection
 from .parameters import Number, ValueRange
-from .regions import Region
+from .regions import Region, read_region
 
 
 def region_generator(seed: int, region: Region) -> torch.Generator:
@@ -34,9 +34,12 @@ class AddNoise(IntensityOperation):
         self.mean, self.std, self.seed = mean, std, seed
 
     def evaluate(self, data: torch.Tensor, region: Region, statistics: Any) -> torch.Tensor:
-        noise = torch.empty(data.shape, dtype=data.dtype)
-        noise.normal_(self.mean, self.std, generator=region_generator(self.seed, region))
-        return noise.add_(data)
+        # Drawn over the region's box, so that each voxel's draw depends on the box, not on the
+        # order a mapping (a flip) lists its voxels in.
+        box = region.hull()
+        noise = torch.empty((data.shape[0], *box.size), dtype=data.dtype)
+        noise.normal_(self.mean, self.std, generator=region_generator(self.seed, box))
+        return read_region(noise, region.within(box)).add(data)
 
 
 class Noise(Augmentation):
