@@ -18,6 +18,7 @@ from .sampling.grid import PatchAggregator
 GridAggregator = PatchAggregator
 """TorchIO 1.x's name of :class:`~shmqueue.PatchAggregator`."""
 
+
 def queue_call_form(
     second: PatchSampler | int | None,
     torchio1_arguments: tuple[Any, ...],
