@@ -22,13 +22,13 @@ from collections.abc import Mapping, Sequence
 import torch
 
 from .adapters.base import refuse_foreign_transforms
-from .augmentation.deferred import deferred, evaluated, run_steps
+from .augmentation.deferred import deferred
 from .errors import SamplingError, TransformOutputError
 from .machine import return_free_memory
 from .plan import SubjectTask
 from .sampling.base import PatchLocation, PatchSampler
 from .subject import Subject
-from .transforms import SubjectTransform, transform_steps
+from .transforms import SubjectTransform, run_steps, transform_steps
 
 RingImage = tuple[int, torch.dtype]
 """What the ring holds of one image: ``(channels, dtype)``."""
@@ -85,15 +85,18 @@ class SubjectPipeline:
         # mismatch is blamed on the step that made it.
         stages = [("loading the files", _image_specs(subject))]
 
-        def record(step: SubjectTransform, result: Subject) -> None:
-            name = f"transform step {len(stages)} ({_step_name(step)})"
+        def record(number: int, step: SubjectTransform, result: Subject) -> None:
+            name = f"transform step {number} ({_step_name(step)})"
             stages.append((name, _image_specs(result)))
 
         steps = transform_steps(self.transform, generator)
         subject, pending = run_steps(steps, subject, generator, record)
         # The last augmentations: evaluated only where the patches are read, or on the whole
         # volume (the reference), with the same parameters either way.
-        subject = (deferred if self.patch_evaluation else evaluated)(subject, pending)
+        if self.patch_evaluation:
+            subject = deferred(subject, pending.operations)
+        else:
+            subject = pending.evaluated(subject)
         subject = self.sampler.prepare(subject)
         subject.spatial_shape  # noqa: B018 -- raises if the transform broke the alignment
         stages.append((f"{type(self.sampler).__name__}.prepare", _image_specs(subject)))

@@ -247,6 +247,70 @@ def _replace_images(
     return subject
 
 
+class Deferrable(Transform):
+    """A transform whose application is drawn first (:meth:`draw`: its random parameters, as
+    opaque operations) and evaluated later (:meth:`evaluate`), together with the deferrable
+    transforms next to it: :class:`~shmqueue.Augmentation` is the one kind.
+    """
+
+    @property
+    def deferrable(self) -> bool:
+        """Whether this instance can be drawn and evaluated later."""
+        return True
+
+    def draw(self, subject: Subject, generator: torch.Generator) -> list[object]:
+        raise NotImplementedError
+
+    def evaluate(self, subject: Subject, operations: Sequence[object]) -> Subject:
+        raise NotImplementedError
+
+
+class Pending:
+    """Deferrable transforms drawn and not yet evaluated (see :func:`run_steps`)."""
+
+    def __init__(self) -> None:
+        self.operations: list[object] = []
+        self.evaluator: Deferrable | None = None
+
+    def add(self, step: Deferrable, subject: Subject, generator: torch.Generator) -> None:
+        self.operations += step.draw(subject, generator)
+        self.evaluator = step
+
+    def evaluated(self, subject: Subject) -> Subject:
+        """``subject`` with the pending operations evaluated on the whole volume (none left)."""
+        if self.evaluator is None or not self.operations:
+            return subject
+        result = self.evaluator.evaluate(subject, self.operations)
+        self.operations, self.evaluator = [], None
+        return result
+
+
+def run_steps(
+    steps: Iterable[SubjectTransform],
+    subject: Subject,
+    generator: torch.Generator,
+    after_step: Callable[[int, SubjectTransform, Subject], None] | None = None,
+) -> tuple[Subject, Pending]:
+    """Apply ``steps`` in order, drawing consecutive deferrable transforms without evaluating
+    them: they are evaluated together (one resampling) before the next step of another kind,
+    and those left at the end are returned pending, for the caller to evaluate
+    (:meth:`Pending.evaluated`) or to defer to the patches (the queue). ``after_step`` sees
+    each other step's number (from 1, counting every step), the step and its result.
+
+    The generator is drawn from as applying each step in turn draws from it, so a subject's
+    parameters do not depend on how its augmentations are evaluated.
+    """
+    pending = Pending()
+    for number, step in enumerate(steps, start=1):
+        if isinstance(step, Deferrable) and step.deferrable:
+            pending.add(step, subject, generator)
+            continue
+        subject = apply_transform(step, pending.evaluated(subject), generator)
+        if after_step is not None:
+            after_step(number, step, subject)
+    return subject, pending
+
+
 class Compose(Transform):
     """Apply transforms in order, all drawing from the same generator.
 
@@ -264,11 +328,9 @@ class Compose(Transform):
 
     def apply(self, subject: Subject, generator: torch.Generator) -> Subject:
         """The transforms in turn; consecutive augmentations are evaluated together, with one
-        resampling (:func:`~shmqueue.augmentation.deferred.run_steps`), as a queue does."""
-        from .augmentation.deferred import evaluated, run_steps  # built on this module
-
+        resampling (:func:`run_steps`), as a queue does."""
         subject, pending = run_steps(self.transforms, subject, generator)
-        return evaluated(subject, pending)
+        return pending.evaluated(subject)
 
     def output_spec(self, images: SubjectSpec) -> dict[str, ImageSpec] | Unknown:
         """The last step's output, each step given the previous one's; unknown if any step's is."""

@@ -13,8 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import shmqueue as sq
-from shmqueue.augmentation.base import subject_specs
 from shmqueue.augmentation.deferred import DeferredVoxels
+from shmqueue.augmentation.operations import subject_specs
 from shmqueue.augmentation.spatial import world_transform
 from shmqueue.pipeline import SubjectPipeline
 from shmqueue.plan import SubjectTask
@@ -210,7 +210,7 @@ def test_a_patch_equals_the_whole_result_cropped(seed: int, box: Any) -> None:
     operations = [
         operation
         for step in REALISTIC.transforms
-        for operation in step.draw(subject_specs(subject), generator)  # type: ignore[attr-defined]
+        for operation in step.draw(subject, generator)  # type: ignore[attr-defined]
     ]
     region = (slice(None), *(slice(i, i + s) for i, s in zip(index, size)))
     for name, image in subject.images.items():

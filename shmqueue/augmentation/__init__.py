@@ -8,8 +8,9 @@ on any region: applied as a transform they are evaluated on the whole volume; in
 voxels of the patches only (:mod:`.deferred`), with the same result.
 """
 
-from .base import Augmentation, IntensityOperation, Operation, SpatialOperation
+from .base import Augmentation
 from .intensity import Noise
+from .operations import IntensityOperation, Operation, SpatialOperation
 from .spatial import Affine, ElasticDeformation, Flip
 from .torchio1 import RandomAffine, RandomElasticDeformation, RandomFlip, RandomNoise
 

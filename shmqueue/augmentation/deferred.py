@@ -25,7 +25,7 @@ outside too).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,15 +34,11 @@ import torch.nn.functional as functional
 
 from ..image import Image
 from ..subject import Subject
-from ..transforms import SubjectTransform, apply_transform
-from .base import (
-    Augmentation,
+from .operations import (
     Fill,
     IntensityOperation,
     Operation,
     SpatialOperation,
-    subject_specs,
-    voxel_coordinates,
 )
 from .regions import Region, Triple, read_region
 
@@ -65,9 +61,14 @@ class _Resampling:
 _Stage = _Resampling | IntensityOperation
 
 
-def _stages(operations: Sequence[Operation], name: str, kind: type[Image]) -> list[_Stage]:
+def _stages(operations: Sequence[object], name: str, kind: type[Image]) -> list[_Stage]:
     stages: list[_Stage] = []
     for operation in operations:
+        if not isinstance(operation, Operation):
+            raise TypeError(
+                f"Not an operation: {operation!r} (an augmentation's operations are"
+                " SpatialOperation or IntensityOperation objects)"
+            )
         if not operation.applies_to(name, kind):
             continue
         if isinstance(operation, SpatialOperation):
@@ -77,9 +78,40 @@ def _stages(operations: Sequence[Operation], name: str, kind: type[Image]) -> li
                 stages.append(_Resampling((operation,)))
         elif isinstance(operation, IntensityOperation):
             stages.append(operation)
-        else:
-            raise TypeError(f"Not an operation: {operation!r}")
     return stages
+
+
+class MappedPoints:
+    """The input coordinates of the last region a run of spatial operations mapped, shared by
+    a subject's images: the label map's patch reuses the coordinates its image's computed."""
+
+    def __init__(self) -> None:
+        self._key: tuple[tuple[int, ...], Region] | None = None
+        self._points = torch.empty(0)
+
+    def points(self, operations: Sequence[SpatialOperation], region: Region) -> torch.Tensor:
+        """Input voxel coordinates of ``region``'s voxels through ``operations`` (in the order
+        they apply: the last is applied first to the output's coordinates)."""
+        identity = tuple(id(operation) for operation in operations)
+        if self._key is not None and self._key[0] == identity and _same(self._key[1], region):
+            return self._points
+        remaining = list(operations)
+        grid = region
+        while remaining[-1].integral:  # a flip maps the grid to a grid: axis by axis
+            flip = remaining.pop()
+            i, j, k = (flip.map_axis(axis, indices) for axis, indices in enumerate(grid.axes))
+            grid = Region((i, j, k), grid.shape)
+        points = remaining.pop().map_grid(grid)
+        for operation in reversed(remaining):
+            points = operation.map_points(points)
+        self._key, self._points = (identity, region), points
+        return points
+
+
+def _same(first: Region, second: Region) -> bool:
+    return all(
+        a.shape == b.shape and bool(torch.equal(a, b)) for a, b in zip(first.axes, second.axes)
+    )
 
 
 class DeferredVoxels:
@@ -90,13 +122,20 @@ class DeferredVoxels:
         name: the image's name, which the operations select by.
         kind: its class, which decides interpolation, fill and which operations apply.
         operations: in the order they apply.
+        mapped: the coordinate cache shared with the subject's other images.
     """
 
     def __init__(
-        self, source: torch.Tensor, name: str, kind: type[Image], operations: Sequence[Operation]
+        self,
+        source: torch.Tensor,
+        name: str,
+        kind: type[Image],
+        operations: Sequence[object],
+        mapped: MappedPoints | None = None,
     ) -> None:
         self.source = source
         self.kind = kind
+        self.mapped = MappedPoints() if mapped is None else mapped
         self.stages = _stages(operations, name, kind)
         self._statistics: dict[int, Any] = {}
         _, x, y, z = source.shape
@@ -172,11 +211,8 @@ class DeferredVoxels:
             for operation in reversed(stage.operations):
                 axes = [operation.map_axis(axis, indices) for axis, indices in enumerate(axes)]
             return self._evaluate(count - 1, Region((axes[0], axes[1], axes[2]), self.shape))
-        i, j, k = voxel_coordinates(region)
+        points = self.mapped.points(stage.operations, region)
         size = region.size
-        points = torch.stack([axis.expand(size) for axis in (i, j, k)], dim=-1)
-        for operation in reversed(stage.operations):
-            points = operation.map_points(points)
         first = stage.operations[0]
         interpolation = first.interpolation(self.kind)
         fill = self._fill_value(count, first.fill(self.kind))
@@ -196,51 +232,78 @@ class DeferredVoxels:
         fill: float,
     ) -> torch.Tensor:
         """The input of stage ``count`` at input voxel coordinates ``points`` ``(*size, 3)``."""
-        shape = torch.tensor(self.shape, dtype=torch.float64)
-        inside = (1 - (-points).clamp(min=0) - (points - (shape - 1)).clamp(min=0)).clamp(min=0)
-        valid = inside.prod(dim=-1) > 0.5  # as TorchIO: most of the weight inside the volume
-        channels = self.source.shape[0]
-        result = torch.full((channels, *size), fill, dtype=self.dtype)
-        if not bool(valid.any()):
-            return result
-        chosen = points[valid]  # (N, 3)
-        if interpolation == "nearest":
-            indices = torch.floor(chosen + 0.5).to(torch.int64)
-            low = indices.amin(dim=0)
-            high = indices.amax(dim=0)
-            box = Region.box(_triple(low), _triple(high - low + 1), self.shape)
-            data = self._evaluate(count - 1, box)
-            relative = indices - low
-            _, _, by, bz = data.shape
-            flat = (relative[:, 0] * by + relative[:, 1]) * bz + relative[:, 2]
-            result[:, valid] = data.reshape(channels, -1)[:, flat].to(self.dtype)
-            return result
-        if interpolation != "linear":
+        if interpolation not in ("linear", "nearest"):
             raise ValueError(f"interpolation must be 'linear' or 'nearest', got {interpolation!r}")
-        low = torch.floor(chosen.amin(dim=0)).to(torch.int64)
-        high = torch.floor(chosen.amax(dim=0)).to(torch.int64) + 1
+        flat_points = points.reshape(-1, 3)
+        lowest, highest = flat_points.amin(dim=0), flat_points.amax(dim=0)
+        last = torch.tensor(self.shape, dtype=points.dtype) - 1
+        valid: torch.Tensor | None = None  # None: every point is inside the volume
+        if bool((lowest < 0).any() or (highest > last).any()):
+            outside = (-points).clamp_(min=0).add_((points - last).clamp_(min=0))
+            # As TorchIO: a point is filled unless most of its weight lies inside the volume.
+            valid = (1 - outside).clamp_(min=0).prod(dim=-1) > 0.5
+            if not bool(valid.any()):
+                return torch.full((self.source.shape[0], *size), fill, dtype=self.dtype)
+        if interpolation == "nearest":
+            values = self._nearest(count, points, lowest, highest)
+        else:
+            values = self._linear(count, points, lowest, highest)
+        if valid is None:
+            return values
+        return torch.where(valid, values, torch.tensor(fill, dtype=self.dtype))
+
+    def _box(self, low: torch.Tensor, high: torch.Tensor) -> Region:
+        """The box ``low..high`` (inclusive), within the volume."""
         limits = torch.tensor(self.shape, dtype=torch.int64) - 1
-        start = low.clamp(min=0)
-        stop = torch.minimum(high, limits)
-        box = Region.box(_triple(start), _triple(stop - start + 1), self.shape)
+        start = torch.minimum(low.clamp(min=0), limits)
+        stop = torch.maximum(torch.minimum(high, limits), start)
+        return Region.box(_triple(start), _triple(stop - start + 1), self.shape)
+
+    def _nearest(
+        self, count: int, points: torch.Tensor, lowest: torch.Tensor, highest: torch.Tensor
+    ) -> torch.Tensor:
+        """Nearest-neighbour values at ``points`` (a point outside the volume gets a border
+        voxel's: the caller fills it)."""
+        rounded = torch.floor(points + 0.5)
+        box = self._box(
+            torch.floor(lowest + 0.5).to(torch.int64), torch.floor(highest + 0.5).to(torch.int64)
+        )
         data = self._evaluate(count - 1, box)
-        before = (start - low).tolist()
-        after = (high - stop).tolist()
-        data = data.to(torch.float32)
-        if any(before) or any(after):  # zeros outside the volume, as grid_sample's padding
+        channels, bx, by, bz = data.shape
+        start = torch.tensor([int(axis[0]) for axis in box.axes], dtype=points.dtype)
+        top = torch.tensor([bx - 1, by - 1, bz - 1], dtype=points.dtype)
+        relative = torch.minimum((rounded - start).clamp_(min=0), top).to(torch.int64)
+        flat = (relative[..., 0] * by + relative[..., 1]) * bz + relative[..., 2]
+        values = data.reshape(channels, -1)[:, flat.reshape(-1)]
+        return values.reshape(channels, *points.shape[:-1]).to(self.dtype)
+
+    def _linear(
+        self, count: int, points: torch.Tensor, lowest: torch.Tensor, highest: torch.Tensor
+    ) -> torch.Tensor:
+        """Trilinear values at ``points``, zeros outside the volume as grid_sample's padding
+        (a point with most of its weight outside is filled by the caller)."""
+        low = torch.floor(lowest).to(torch.int64).clamp(min=-1)
+        high = torch.minimum(
+            torch.floor(highest).to(torch.int64) + 1, torch.tensor(self.shape, dtype=torch.int64)
+        )
+        box = self._box(low, high)
+        data = self._evaluate(count - 1, box).to(torch.float32)
+        start = torch.tensor([int(axis[0]) for axis in box.axes], dtype=torch.int64)
+        stop = start + torch.tensor(box.size, dtype=torch.int64) - 1
+        before, after = (start - low).tolist(), (high - stop).tolist()
+        if any(before) or any(after):
             data = functional.pad(
                 data, (before[2], after[2], before[1], after[1], before[0], after[0])
             )
-        extent = (high - low).to(torch.float64).clamp(min=1)
-        normalised = (points - low.to(torch.float64)) / extent * 2 - 1
+        scale = (2 / (high - low).clamp(min=1)).to(points.dtype)
+        normalised = (points - low.to(points.dtype)).mul_(scale).sub_(1)
         grid = normalised.flip(-1).to(torch.float32).unsqueeze(0)  # (1, X, Y, Z, (z, y, x))
         sampled = functional.grid_sample(
             data.unsqueeze(0), grid, mode="bilinear", padding_mode="zeros", align_corners=True
         )[0]
         if not self.dtype.is_floating_point:
-            sampled = sampled.round()
-        values = sampled.to(self.dtype)
-        return torch.where(valid, values, result)
+            sampled = sampled.round_()
+        return sampled.to(self.dtype)
 
 
 def _triple(values: torch.Tensor) -> Triple:
@@ -288,51 +351,25 @@ def _otsu_threshold(values: torch.Tensor, bins: int = 256) -> float:
     return float(edges[1:-1][int(between.argmax())])
 
 
-def deferred(subject: Subject, operations: Sequence[Operation]) -> Subject:
+def deferred(subject: Subject, operations: Sequence[object]) -> Subject:
     """``subject`` with every image the operations apply to deferred: its voxels computed
     only where they are read (a patch; :attr:`~shmqueue.Image.data` computes them all)."""
     if not operations:
         return subject
     result = subject.copy()
+    mapped = MappedPoints()
     for name, image in subject.images.items():
-        voxels = DeferredVoxels(image.data, name, type(image), operations)
+        voxels = DeferredVoxels(image.data, name, type(image), operations, mapped)
         if voxels.stages:
             result[name] = image.deferred(voxels)
     return result
 
 
-def evaluated(subject: Subject, operations: Sequence[Operation]) -> Subject:
+def evaluated(subject: Subject, operations: Sequence[object]) -> Subject:
     """``subject`` with the operations evaluated on the whole of every image they apply to."""
+    mapped = MappedPoints()
     for name, image in list(subject.images.items()):
-        voxels = DeferredVoxels(image.data, name, type(image), operations)
+        voxels = DeferredVoxels(image.data, name, type(image), operations, mapped)
         if voxels.stages:
             subject[name] = image.with_data(voxels.whole())
     return subject
-
-
-def run_steps(
-    steps: Iterable[SubjectTransform],
-    subject: Subject,
-    generator: torch.Generator,
-    after_step: Callable[[SubjectTransform, Subject], None] | None = None,
-) -> tuple[Subject, list[Operation]]:
-    """Apply ``steps`` in order, drawing consecutive augmentations' operations without
-    evaluating them: they are evaluated together (one resampling) before the next step of
-    another kind, and those left at the end are returned, for the caller to evaluate
-    (:func:`evaluated`) or defer (:func:`deferred`). ``after_step`` sees each other step's
-    result.
-
-    The generator is drawn from as applying each step in turn draws from it, so a subject's
-    parameters do not depend on how its augmentations are evaluated.
-    """
-    pending: list[Operation] = []
-    for step in steps:
-        if isinstance(step, Augmentation) and step.deferrable:
-            pending += step.draw(subject_specs(subject), generator)
-            continue
-        if pending:
-            subject, pending = evaluated(subject, pending), []
-        subject = apply_transform(step, subject, generator)  # frees the step's input
-        if after_step is not None:
-            after_step(step, subject)
-    return subject, pending

@@ -14,7 +14,8 @@ import numpy as np
 import torch
 
 from ..specs import SubjectSpec, VolumeCost
-from .base import Augmentation, IntensityOperation, Operation, Selection
+from .base import Augmentation
+from .operations import IntensityOperation, Operation, Selection
 from .parameters import Number, ValueRange
 from .regions import Region, read_region
 

@@ -29,8 +29,9 @@ from nibabel import orientations
 
 from ..image import LabelMap, ScalarImage
 from ..specs import ImageSpec, Locality, SubjectSpec, VolumeCost
-from .base import (
-    Augmentation,
+from .base import Augmentation
+from .operations import (
+    COORDINATES,
     Fill,
     Interpolation,
     Operation,
@@ -38,8 +39,10 @@ from .base import (
     SpatialOperation,
     affine_points,
     grid_of,
+    voxel_coordinates,
 )
 from .parameters import AxisRange, RangeLike, ValueRange
+from .regions import Region
 
 _INTERPOLATIONS = ("linear", "nearest")
 _ANATOMICAL_AXES = {"L": "LR", "R": "LR", "A": "AP", "P": "AP", "I": "IS", "S": "IS"}
@@ -216,7 +219,10 @@ class AffineMapping(SpatialOperation):
         self.matrix = np.asarray(matrix, dtype=np.float64)
 
     def map_points(self, points: torch.Tensor) -> torch.Tensor:
-        return affine_points(self.matrix, points)
+        return affine_points(self.matrix, points[..., 0], points[..., 1], points[..., 2])
+
+    def map_grid(self, region: Region) -> torch.Tensor:
+        return affine_points(self.matrix, *voxel_coordinates(region))
 
 
 def rotation_matrix(degrees: Sequence[float]) -> np.ndarray:
@@ -359,33 +365,49 @@ class ElasticField(SpatialOperation):
         **resampling: Any,
     ) -> None:
         super().__init__(selection, **resampling)
-        grid = control_points.to(torch.float64)
+        grid = control_points.to(COORDINATES)
         # In voxels of the image: the displacement along each axis divided by its spacing.
-        self.control_points = grid / torch.tensor(spacing, dtype=torch.float64)
-        self.scale = torch.tensor(
-            [(c - 1) / max(n - 1, 1) for c, n in zip(grid.shape[:3], shape)],
-            dtype=torch.float64,
-        )
+        self.control_points = grid / torch.tensor(spacing, dtype=COORDINATES)
+        self.scale = [(c - 1) / max(n - 1, 1) for c, n in zip(grid.shape[:3], shape)]
+
+    def map_grid(self, region: Region) -> torch.Tensor:
+        """The region's voxels displaced, the field interpolated axis by axis (trilinear
+        interpolation is separable on a grid)."""
+        field = self.control_points  # (nx, ny, nz, 3)
+        for axis, indices in enumerate(region.axes):
+            low, weight = self._axis_weights(axis, indices.to(COORDINATES))
+            shape = [1, 1, 1, 1]
+            shape[axis] = -1
+            lower = field.index_select(axis, low)
+            upper = field.index_select(axis, low + 1)
+            field = torch.lerp(lower, upper, weight.reshape(shape))
+        i, j, k = voxel_coordinates(region)
+        return field.add_(torch.stack(torch.broadcast_tensors(i, j, k), dim=-1))  # type: ignore[no-untyped-call]
+
+    def _axis_weights(self, axis: int, position: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """For voxel coordinates along ``axis``: the control point below each and the weight
+        of the one above (the last interval extends past the grid's ends, clamped)."""
+        count = self.control_points.shape[axis]
+        scaled = (position * self.scale[axis]).clamp(0, count - 1)
+        low = scaled.floor().clamp(max=max(count - 2, 0))
+        return low.to(torch.int64), scaled - low
 
     def map_points(self, points: torch.Tensor) -> torch.Tensor:
+        """Any points displaced: the field interpolated at each (8 control points apiece)."""
         grid = self.control_points
-        limits = torch.tensor(grid.shape[:3], dtype=torch.float64) - 1
-        position = (points * self.scale).clamp(min=torch.zeros(3, dtype=torch.float64), max=limits)
-        low = torch.minimum(position.floor(), (limits - 1).clamp(min=0)).to(torch.int64)
-        weight = position - low
-        displacement = torch.zeros_like(points)
-        nx, ny, nz = (int(n) for n in grid.shape[:3])
+        counts = grid.shape[:3]
+        lows, weights = zip(*(self._axis_weights(axis, points[..., axis]) for axis in range(3)))
         flat = grid.reshape(-1, 3)
+        displaced = points.clone()
         for corner in range(8):
-            offset = ((corner >> 2) & 1, (corner >> 1) & 1, corner & 1)
-            factor = torch.ones(points.shape[:-1], dtype=torch.float64)
-            index = torch.zeros(points.shape[:-1], dtype=torch.int64)
-            for axis, (step, size) in enumerate(zip(offset, (nx, ny, nz))):
-                w = weight[..., axis]
-                factor = factor * (w if step else 1 - w)
-                index = index * size + (low[..., axis] + step).clamp(max=size - 1)
-            displacement = displacement + factor.unsqueeze(-1) * flat[index]
-        return points + displacement
+            steps = ((corner >> 2) & 1, (corner >> 1) & 1, corner & 1)
+            index = (lows[0] + steps[0]) * counts[1]
+            index = (index + lows[1] + steps[1]) * counts[2] + lows[2] + steps[2]
+            factor = torch.ones_like(weights[0])
+            for step, weight in zip(steps, weights):
+                factor = factor * (weight if step else 1 - weight)
+            displaced += factor.unsqueeze(-1) * flat[index]
+        return displaced
 
 
 def draw_control_points(

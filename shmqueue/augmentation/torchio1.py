@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from .base import Fill
 from .intensity import Noise
+from .operations import Fill
 from .parameters import Number, RangeLike, torchio1_range
 from .spatial import Affine, ElasticDeformation, Flip
 
