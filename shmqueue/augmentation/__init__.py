@@ -9,22 +9,41 @@ voxels of the patches only (:mod:`.deferred`), with the same result.
 """
 
 from .base import Augmentation
-from .intensity import Noise
+from .intensity import Anisotropy, BiasField, Blur, Brightness, Contrast, Gamma, Noise
 from .operations import IntensityOperation, Operation, SpatialOperation
 from .spatial import Affine, ElasticDeformation, Flip
-from .torchio1 import RandomAffine, RandomElasticDeformation, RandomFlip, RandomNoise
+from .torchio1 import (
+    RandomAffine,
+    RandomAnisotropy,
+    RandomBiasField,
+    RandomBlur,
+    RandomElasticDeformation,
+    RandomFlip,
+    RandomGamma,
+    RandomNoise,
+)
 
 __all__ = [
     "Affine",
+    "Anisotropy",
     "Augmentation",
+    "BiasField",
+    "Blur",
+    "Brightness",
+    "Contrast",
     "ElasticDeformation",
     "Flip",
+    "Gamma",
     "IntensityOperation",
     "Noise",
     "Operation",
     "RandomAffine",
+    "RandomAnisotropy",
+    "RandomBiasField",
+    "RandomBlur",
     "RandomElasticDeformation",
     "RandomFlip",
+    "RandomGamma",
     "RandomNoise",
     "SpatialOperation",
 ]

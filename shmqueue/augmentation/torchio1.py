@@ -2,28 +2,36 @@
 
 Each is the TorchIO 2.0-named class with 1.x's defaults and 1.x's reading of ranges: a single
 number ``x`` is the range ``(-x, x)`` (``(1 - x, 1 + x)`` for scales, ``(0, x)`` for a standard
-deviation), three numbers are three such per-axis ranges. They draw from the queue's generator
-and are evaluated at the patches like the classes they name.
+deviation, ``(1, x)`` for a downsampling factor), three numbers are three such per-axis ranges.
+They draw from the queue's generator, once per subject (1.x draws some parameters per image),
+and are evaluated at the patches like the classes they name, by those classes' arithmetic
+(where 1.x computes differently, the class says how).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from .intensity import Noise
-from .operations import Fill
+from ..image import ScalarImage
+from .intensity import Anisotropy, BiasField, Blur, Gamma, Noise
+from .operations import Fill, Selection
 from .parameters import Number, RangeLike, torchio1_range
 from .spatial import Affine, ElasticDeformation, Flip
 
 
-def _per_axis(value: RangeLike, around: float = 0.0) -> RangeLike:
+def _per_axis(value: RangeLike, around: float | None = 0.0, name: str = "") -> RangeLike:
     """1.x's per-axis reading: a number or three numbers, each ``x`` meaning ``(around - x,
-    around + x)``; a pair or six numbers are ranges already."""
+    around + x)``, or ``(0, x)`` when ``around`` is None (a standard deviation, ``name``, as 1.x's
+    ``to_range``); a pair or six numbers are ranges already."""
+
+    def reading(entry: Number) -> RangeLike:
+        return _nonnegative(entry, name) if around is None else torchio1_range(entry, around)
+
     if isinstance(value, (int, float)):
-        return torchio1_range(value, around)
+        return reading(value)
     entries = tuple(value)
     if len(entries) == 3 and all(isinstance(entry, (int, float)) for entry in entries):
-        return tuple(torchio1_range(entry, around) for entry in entries)  # type: ignore[misc]
+        return tuple(reading(entry) for entry in entries)  # type: ignore[arg-type,misc]
     return value
 
 
@@ -147,3 +155,106 @@ class RandomElasticDeformation(ElasticDeformation):
             include,
             exclude,
         )
+
+
+class RandomBiasField(BiasField):
+    """TorchIO 1.x's ``RandomBiasField``: each coefficient of the polynomial of degree ``order``
+    drawn from ``coefficients`` (``c`` for ``(-c, c)``), once per subject (1.x: per image).
+
+    Example:
+        >>> import torch, shmqueue as sq
+        >>> subject = sq.Subject(t1=sq.ScalarImage(torch.ones(1, 8, 8, 8)))
+        >>> biased = sq.RandomBiasField(order=1)(subject, torch.Generator().manual_seed(0))
+        >>> bool((biased.t1.data > 0).all())
+        True
+    """
+
+
+class RandomGamma(Gamma):
+    """TorchIO 1.x's ``RandomGamma``: ``gamma = exp(beta)``, ``beta`` drawn from ``log_gamma``
+    (``d`` for ``(-d, d)``; default ``(-0.3, 0.3)``), once per subject (1.x: per image and
+    channel).
+
+    Example:
+        >>> import torch, shmqueue as sq
+        >>> subject = sq.Subject(t1=sq.ScalarImage(torch.full((1, 2, 2, 2), 4.0)))
+        >>> value = sq.RandomGamma()(subject, torch.Generator().manual_seed(0)).t1.data[0, 0, 0, 0]
+        >>> bool(4.0 ** 0.74 <= value <= 4.0 ** 1.35)
+        True
+    """
+
+    def __init__(
+        self,
+        log_gamma: Number | Sequence[Number] = (-0.3, 0.3),
+        p: float = 1.0,
+        include: Sequence[str] | None = None,
+        exclude: Sequence[str] | None = None,
+    ) -> None:
+        log_gamma_range = (
+            torchio1_range(log_gamma) if isinstance(log_gamma, (int, float)) else log_gamma
+        )
+        super().__init__(log_gamma_range, p, include, exclude)  # type: ignore[arg-type]
+
+
+class RandomBlur(Blur):
+    """TorchIO 1.x's ``RandomBlur``: the standard deviations in mm drawn per axis from ``std``
+    (``x`` for ``(0, x)``, three numbers for three such ranges, a pair or six numbers as
+    ranges; default ``(0, 2)``), once per subject (1.x: per image). The kernel is
+    :class:`~shmqueue.Blur`'s (TorchIO 2.0's), not SciPy's ``gaussian_filter`` that 1.x uses.
+
+    Example:
+        >>> import torch, shmqueue as sq
+        >>> subject = sq.Subject(t1=sq.ScalarImage(torch.rand(1, 8, 8, 8)))
+        >>> blurred = sq.RandomBlur(std=(1, 1))(subject).t1.data
+        >>> bool(blurred.std() < subject.t1.data.std())
+        True
+    """
+
+    def __init__(
+        self,
+        std: RangeLike = (0, 2),
+        p: float = 1.0,
+        include: Sequence[str] | None = None,
+        exclude: Sequence[str] | None = None,
+    ) -> None:
+        super().__init__(_per_axis(std, None, "std"), p, include, exclude)
+
+
+class RandomAnisotropy(Anisotropy):
+    """TorchIO 1.x's ``RandomAnisotropy``: one of ``axes`` downsampled by a factor drawn from
+    ``downsampling`` (``m`` for ``(1, m)``; factors >= 1) and upsampled back, once per subject.
+
+    With ``scalars_only`` (the default, as in 1.x) label maps are left alone; otherwise they are
+    resampled by nearest neighbour. The resampling is :class:`~shmqueue.Anisotropy`'s (TorchIO
+    2.0's), not 1.x's SimpleITK one.
+
+    Example:
+        >>> import torch, shmqueue as sq
+        >>> subject = sq.Subject(
+        ...     t1=sq.ScalarImage(torch.rand(1, 8, 8, 8)), seg=sq.LabelMap(torch.ones(1, 8, 8, 8))
+        ... )
+        >>> low = sq.RandomAnisotropy(axes=0, downsampling=(2, 2))(subject)
+        >>> low.seg.data is subject.seg.data, torch.equal(low.t1.data, subject.t1.data)
+        (True, False)
+    """
+
+    def __init__(
+        self,
+        axes: int | Sequence[int] = (0, 1, 2),
+        downsampling: Number | Sequence[Number] = (1.5, 5),
+        image_interpolation: str = "linear",
+        scalars_only: bool = True,
+        p: float = 1.0,
+        include: Sequence[str] | None = None,
+        exclude: Sequence[str] | None = None,
+    ) -> None:
+        if isinstance(downsampling, (int, float)):
+            downsampling = (1.0, float(downsampling))
+        super().__init__(axes, downsampling, image_interpolation, p, include, exclude)
+        if self.downsampling.bounds[0] < 1:
+            raise ValueError(
+                f"RandomAnisotropy downsampling must be >= 1, got {self.downsampling.bounds}"
+            )
+        if scalars_only:
+            self.selection = Selection((ScalarImage,), include, exclude)
+        self.scalars_only = scalars_only
