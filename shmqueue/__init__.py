@@ -26,6 +26,7 @@ from .augmentation import (
     RandomNoise,
 )
 from .batch import Batch, BatchImage, collate_subjects
+from .choice import OneOf, SomeOf
 from .compat import GridAggregator
 from .constants import AFFINE, DATA, INTENSITY, LABEL, LOCATION, PATH, TYPE
 from .dataset import SubjectsDataset
@@ -137,6 +138,7 @@ __all__ = [
     "MonaiAdapter",
     "Noise",
     "OneHot",
+    "OneOf",
     "Pad",
     "PatchAggregator",
     "PatchLocation",
@@ -162,6 +164,7 @@ __all__ = [
     "ScalarImage",
     "SequentialLabels",
     "ShmqueueError",
+    "SomeOf",
     "Subject",
     "SubjectError",
     "SubjectProcessingError",

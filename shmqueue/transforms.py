@@ -311,8 +311,53 @@ def run_steps(
     return subject, pending
 
 
-class Compose(Transform):
+class TransformGroup(Deferrable):
+    """A transform that applies others in turn, chosen by :meth:`members` (:class:`Compose`
+    all of them; :class:`~shmqueue.OneOf` and :class:`~shmqueue.SomeOf` a random choice).
+
+    Its members run as a queue runs its steps (:func:`run_steps`: consecutive augmentations
+    evaluated together, with one resampling), and it is deferrable when every member is: the
+    queue then evaluates the augmentations it applies at the patches.
+    """
+
+    transforms: list[SubjectTransform]
+
+    def members(self, generator: torch.Generator) -> list[SubjectTransform]:
+        """The transforms one application applies, in order (drawn from ``generator``)."""
+        raise NotImplementedError
+
+    def apply(self, subject: Subject, generator: torch.Generator) -> Subject:
+        subject, pending = run_steps(self.members(generator), subject, generator)
+        return pending.evaluated(subject)
+
+    @property
+    def deferrable(self) -> bool:
+        """When every member is (and :meth:`apply` is not overridden)."""
+        return type(self).apply is TransformGroup.apply and all(
+            isinstance(step, Deferrable) and step.deferrable for step in self.transforms
+        )
+
+    def draw(self, subject: Subject, generator: torch.Generator) -> list[object]:
+        """Whether it happens, its members, then their operations: as :meth:`apply` draws."""
+        if not self.happens(generator):
+            return []
+        operations: list[object] = []
+        for step in self.members(generator):
+            assert isinstance(step, Deferrable)  # deferrable: every member is
+            operations += step.draw(subject, generator)
+        return operations
+
+    def evaluate(self, subject: Subject, operations: Sequence[object]) -> Subject:
+        first = self.transforms[0]
+        assert isinstance(first, Deferrable)  # deferrable: every member is
+        return first.evaluate(subject, operations)
+
+
+class Compose(TransformGroup):
     """Apply transforms in order, all drawing from the same generator.
+
+    Consecutive augmentations are evaluated together, with one resampling, as a queue does;
+    inside a :class:`~shmqueue.OneOf`, a Compose of augmentations is evaluated at the patches.
 
     Example:
         >>> import torch, shmqueue as sq
@@ -326,11 +371,9 @@ class Compose(Transform):
         super().__init__(p)
         self.transforms = list(transforms)
 
-    def apply(self, subject: Subject, generator: torch.Generator) -> Subject:
-        """The transforms in turn; consecutive augmentations are evaluated together, with one
-        resampling (:func:`run_steps`), as a queue does."""
-        subject, pending = run_steps(self.transforms, subject, generator)
-        return pending.evaluated(subject)
+    def members(self, generator: torch.Generator) -> list[SubjectTransform]:
+        """All its transforms."""
+        return self.transforms
 
     def output_spec(self, images: SubjectSpec) -> dict[str, ImageSpec] | Unknown:
         """The last step's output, each step given the previous one's; unknown if any step's is."""
