@@ -244,11 +244,11 @@ def _planned_patches(queue: Queue, plan: EpochPlan) -> list[_PlannedPatch]:
             description += f" (occurrence {task.occurrence})"
         images = subject.images
         for number, location in enumerate(locations):
-            region = (slice(None), *location.to_slices())
+            # read as the workers read it: a deferred image computes only the patch's voxels
             record = PatchRecord.build(
                 location,
                 {
-                    name: images[name].data[region].to(dtype, copy=True)
+                    name: images[name].voxels_at(location.index, location.size).to(dtype, copy=True)
                     for name, dtype in dtypes.items()
                 },
                 {name: shift_affine(images[name].affine, location.index) for name in dtypes},
