@@ -392,7 +392,12 @@ def test_grid_transforms_match_torchio(
         mine, theirs_ = result[name], expected[name]
         assert mine.data.dtype == original.dtype
         assert mine.data.shape == theirs_.data.shape
-        assert torch.equal(mine.data, theirs_.data.to(mine.data.dtype))
+        if arguments.get("padding_mode") == "mean":
+            # the mean is computed in float64, the same on any thread count (contract 2);
+            # TorchIO's float32 mean differs from it in the last bits
+            np.testing.assert_allclose(mine.data, theirs_.data, rtol=1e-6, atol=1e-6)
+        else:
+            assert torch.equal(mine.data, theirs_.data.to(mine.data.dtype))
         np.testing.assert_allclose(mine.affine, theirs_.affine, rtol=1e-12, atol=1e-9)
         if predicted is not UNKNOWN:
             spec = predicted[name]

@@ -324,3 +324,22 @@ def test_transform_steps_without_a_generator_list_every_step() -> None:
     transform = Compose([flip, Compose([noise], p=0.0), normalise], p=0.0)
     assert list(transform_steps(transform)) == [flip, noise, normalise]
     assert list(transform_steps(transform, seeded(0))) == []
+
+
+def test_whole_volume_statistics_do_not_depend_on_the_thread_count() -> None:
+    """Workers run one torch thread, the training process several: a mean or a standard
+    deviation that differed in its last bit would make their patches differ (contract 2)."""
+    from shmqueue.reductions import channel_means, mean_and_std
+
+    volume = torch.randn((2, 96, 96, 96), generator=torch.Generator().manual_seed(0)) * 300 + 7
+    threads = torch.get_num_threads()
+    try:
+        results = []
+        for count in (1, 2, 4):
+            torch.set_num_threads(count)
+            results.append((mean_and_std(volume), channel_means(volume).tolist()))
+    finally:
+        torch.set_num_threads(threads)
+    assert results[0] == results[1] == results[2]
+    (centre, spread), _ = results[0]
+    assert abs(centre - 7) < 1 and abs(spread - 300) < 1

@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as functional
 
 from ..image import Image
+from ..reductions import mean
 from ..subject import Subject
 from .operations import (
     Fill,
@@ -323,11 +324,11 @@ def _fill_statistic(volume: torch.Tensor, fill: str) -> float:
         ]
     ).to(torch.float64)
     if fill == "mean":
-        return float(borders.mean())
+        return mean(borders)
     if fill == "otsu":
         threshold = _otsu_threshold(borders)
         below = borders[borders < threshold]
-        return float(below.mean()) if below.numel() else float(borders.mean())
+        return mean(below) if below.numel() else mean(borders)
     raise ValueError(
         f"default_pad_value must be a number, 'minimum', 'mean' or 'otsu'; got {fill!r}"
     )

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as functional
 
 from ..image import Image, LabelMap, ScalarImage
+from ..reductions import channel_means
 from ..specs import ImageSpec, Locality, SubjectSpec, VolumeCost
 from .base import Augmentation
 from .operations import IntensityOperation, Interpolation, Operation, Selection, grid_of
@@ -531,7 +532,7 @@ class ScaleContrast(IntensityOperation):
         """Per channel, shaped ``(C, 1, 1, 1)``: ``mean * (1 - factor)``, minimum, maximum."""
         flat = volume.flatten(1)
         low, high = flat.aminmax(dim=1)
-        offset = flat.mean(dim=1) * (1 - self.factor)
+        offset = (channel_means(flat) * (1 - self.factor)).to(flat.dtype)
         return tuple(value.reshape(-1, 1, 1, 1) for value in (offset, low, high))
 
     def evaluate(

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from ..reductions import mean_and_std
 from ..specs import (
     ImageSpec,
     Locality,
@@ -46,7 +47,7 @@ class ZNormalization(_Masked):
 
     def _transform(self, subject: Subject, name: str, data: torch.Tensor) -> torch.Tensor:
         values = _selected(data, self._mask(subject, name, data), name)
-        mean, std = values.mean(), values.std()
+        mean, std = mean_and_std(values)
         centred = data - mean
         return centred.div_(std) if std > 0 else centred
 

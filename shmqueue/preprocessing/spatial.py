@@ -14,6 +14,7 @@ import torch
 from nibabel import orientations
 
 from ..image import Image, ImageHeader, LabelMap, shift_affine
+from ..reductions import mean
 from ..specs import (
     UNKNOWN,
     WHOLE_VOLUME,
@@ -101,7 +102,7 @@ def _padded(data: torch.Tensor, bounds: Bounds, mode: PaddingMode) -> torch.Tens
     elif mode == "maximum":
         constant = data.max().item()
     elif mode == "mean":
-        constant = data.float().mean().item()
+        constant = mean(data)
     elif mode == "median":
         values = data.float()
         if values.numel() <= _QUANTILE_LIMIT:
