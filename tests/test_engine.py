@@ -170,6 +170,54 @@ def test_the_named_backend_works_end_to_end(nifti_subjects: list[sq.Subject]) ->
     assert Counter(records) == Counter(expected)
 
 
+REALISTIC = sq.Compose(
+    [
+        sq.ZNormalization(),
+        sq.Contrast(p=0.5),
+        sq.OneOf(
+            {
+                sq.Affine(scales=(0.8, 1.2), degrees=15, translation=2): 3,
+                sq.ElasticDeformation(num_control_points=5, max_displacement=3): 1,
+            }
+        ),
+        sq.BiasField(coefficients=0.3),
+        sq.Gamma(log_gamma=(-0.2, 0.2), p=0.5),
+        sq.Blur(std=(0.5, 1.0), p=0.5),
+        sq.Noise(std=(0.0, 0.1)),
+        sq.Brightness(p=0.5),
+        sq.Flip(axes=(0, 1, 2), flip_probability=0.5),
+    ]
+)
+"""Augmentation as people train with it, evaluated by the workers at the patches only."""
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("start_method", ["fork", "spawn"])
+def test_realistic_augmentation_at_the_patches_is_bit_identical_to_the_in_process_path(
+    nifti_subjects: list[sq.Subject], start_method: str
+) -> None:
+    sampler = sq.LabelSampler(None, 8, label_name="seg", label_probabilities={0: 1, 1: 1, 2: 1})
+    options: dict[str, Any] = {"transform": REALISTIC, "patch_sampler": sampler}
+
+    def realistic(num_workers: int, **more: Any) -> list[PatchRecord]:
+        settings = {**options, "multiprocessing_context": start_method, **more}
+        with sq.Queue(
+            nifti_subjects,
+            num_workers=num_workers,
+            max_length=MAX_LENGTH,
+            patches_per_volume=PATCHES_PER_VOLUME,
+            seed=SEED,
+            **settings,
+        ) as queue:
+            return stream(queue, epochs=2)
+
+    expected = realistic(0)
+    records = realistic(2)
+    assert_complete(records, range(2))
+    assert Counter(records) == Counter(expected)  # contract 2, with every augmentation deferred
+    assert realistic(2, deterministic=True) == expected  # contract 6: the same stream
+
+
 # Reproducibility ----------------------------------------------------------------------------------
 
 
