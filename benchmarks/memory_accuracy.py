@@ -77,9 +77,10 @@ class Config:
     max_length: int
     patch_size: int
     images: str  # "t1", "t1+seg" (a label map too) or "2ch" (one two-channel image)
-    transform: str  # "none", "noise" or "flip+noise"
+    transform: str  # "none", "noise", "flip+noise" or "realistic" (issue 15's augmentation)
     batch_size: int = 16
     patches_per_volume: int = 10
+    sampler: str = "uniform"  # or "label": centred on the label map's classes (t1+seg)
 
 
 CONFIGS = (
@@ -93,6 +94,12 @@ CONFIGS = (
     Config("4 spawn workers, 2 channels", 4, "spawn", 50, 32, "2ch", "none"),
     Config("4 spawn workers, big ring", 4, "spawn", 300, 96, "t1", "noise"),
     Config("4 fork workers, small", 4, "fork", 50, 32, "t1", "none"),
+    Config("in-process, realistic", 0, "fork", 50, 64, "t1+seg", "realistic", 10, 10, "label"),
+    Config("2 fork workers, realistic", 2, "fork", 40, 64, "t1+seg", "realistic", 10, 10, "label"),
+    Config(
+        "2 spawn workers, realistic 96", 2, "spawn", 8, 96, "t1+seg", "realistic", 2, 2, "label"
+    ),
+    Config("4 fork workers, realistic", 4, "fork", 300, 32, "t1", "realistic"),
 )
 
 
@@ -155,10 +162,30 @@ def run_child(request: dict[str, Any]) -> None:
         "none": None,
         "noise": sq.Noise(std=10.0),
         "flip+noise": sq.Compose([sq.Flip(axes=(0,), p=0.5), sq.Noise(std=10.0)]),
+        "realistic": sq.Compose(
+            [
+                sq.ZNormalization(),
+                sq.Brightness(),
+                sq.Contrast(),
+                sq.Affine(scales=(0.7, 1.4), degrees=30, isotropic=True),
+                sq.ElasticDeformation(max_displacement=(0, 7.5)),
+                sq.BiasField(coefficients=0.5),
+                sq.Gamma(log_gamma=(-0.35, 0.4)),
+                sq.Blur(std=(0.5, 1.0)),
+                sq.Noise(std=(0, 0.1)),
+                sq.Flip(axes=(0, 1, 2), flip_probability=0.5),
+            ]
+        ),
+    }
+    samplers: dict[str, Any] = {
+        "uniform": sq.UniformSampler(None, config.patch_size),
+        "label": sq.LabelSampler(
+            None, config.patch_size, label_name="seg", label_probabilities={0: 1, 1: 1, 2: 1}
+        ),
     }
     queue = sq.Queue(
         subjects,
-        sq.UniformSampler(None, config.patch_size),
+        samplers[config.sampler],
         max_length=config.max_length,
         patches_per_volume=config.patches_per_volume,
         num_workers=config.num_workers,

@@ -221,9 +221,9 @@ class Queue(IterableDataset[Subject]):
         )
         self.layout = self.catalog.layout
         self._check_memory = check_memory
+        self.patch_evaluation = patch_evaluation
         self._memory = self.estimate_memory()  # checked now, and again when the ring is made
         self._preflight()
-        self.patch_evaluation = patch_evaluation
         self._pipeline = SubjectPipeline(
             subjects, transform, patch_sampler, self.layout.images, patch_evaluation
         )
@@ -345,6 +345,7 @@ class Queue(IterableDataset[Subject]):
             pin_memory=pin_memory,
             measure=measure,
             multiprocessing_context=self._context,
+            patch_evaluation=self.patch_evaluation,
         )
 
     def stats(self) -> QueueStats:

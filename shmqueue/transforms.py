@@ -169,7 +169,7 @@ class Transform:
         >>> noise = sq.Noise()
         >>> noise.output_spec({"t1": t1}) == {"t1": t1}, noise.is_random, noise.locality.margin
         (True, True, 0)
-        >>> [cost.peak for cost in noise.memory_cost({"t1": t1})] == [t1.nbytes]
+        >>> [cost.output for cost in noise.memory_cost({"t1": t1})] == [t1.nbytes]
         True
     """
 
@@ -217,6 +217,11 @@ class Transform:
         them, given its input's description (images it keeps are not listed)."""
         return _volume_costs(images, (Image,), peak=2, output=1)
 
+    def process_cost(self) -> int:
+        """Bytes a process spends once, the first time it applies this transform, and keeps:
+        kernels a library initialises lazily (a convolution's). None, unless a subclass says."""
+        return 0
+
     def __repr__(self) -> str:
         fields = ", ".join(f"{key}={value!r}" for key, value in vars(self).items())
         return f"{type(self).__name__}({fields})"
@@ -262,6 +267,13 @@ class Deferrable(Transform):
         raise NotImplementedError
 
     def evaluate(self, subject: Subject, operations: Sequence[object]) -> Subject:
+        raise NotImplementedError
+
+    def region_cost(self, name: str, spec: ImageSpec) -> int:
+        """Bytes in flight per voxel of a region of image ``name`` (described by ``spec``)
+        while this transform's operations are evaluated on that region, its result included
+        (0: it leaves the image alone). The memory estimator bounds a patch's evaluation, and a
+        whole volume's slab by slab, by the largest of a pipeline's."""
         raise NotImplementedError
 
 
@@ -351,6 +363,21 @@ class TransformGroup(Deferrable):
         first = self.transforms[0]
         assert isinstance(first, Deferrable)  # deferrable: every member is
         return first.evaluate(subject, operations)
+
+    def process_cost(self) -> int:
+        """The largest of its members'."""
+        return max((described(step).process_cost() for step in self.transforms), default=0)
+
+    def region_cost(self, name: str, spec: ImageSpec) -> int:
+        """The largest of its members'."""
+        return max(
+            (
+                step.region_cost(name, spec)
+                for step in self.transforms
+                if isinstance(step, Deferrable)
+            ),
+            default=0,
+        )
 
 
 class Compose(TransformGroup):

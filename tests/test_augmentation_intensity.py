@@ -411,12 +411,15 @@ def test_what_they_say_of_themselves() -> None:
     assert sq.Contrast().locality == Locality(0, statistics=True)
     assert sq.Gamma().locality.margin == sq.BiasField().locality.margin == 0
     assert sq.Anisotropy(downsampling=(1, 4)).locality.margin == 11
-    costs = {cost.image: cost for cost in sq.BiasField().memory_cost(specs)}
-    assert (costs["t1"].peak, costs["t2"].peak) == (t1 * 3 // 2, t2)  # the field; in place
-    costs = {cost.image: cost for cost in sq.Blur(std=1.0).memory_cost(specs)}
-    grown = (23 + 6) * (20 + 4) * (16 + 8) * 2 * 4  # radii 3, 2, 4 voxels; two channels
-    assert costs["t1"].peak == 2 * grown and costs["t1"].output == t1
-    assert all(cost.output == cost.peak for cost in sq.Contrast().memory_cost(specs))
+    # per voxel of a region: its input and result, in float32, per channel (t1 has two)
+    assert sq.BiasField().region_cost("t1", specs["t1"]) == 2 * 2 * 4
+    assert sq.Blur(std=1.0).region_cost("t2", specs["t2"]) == 10 * 4  # grown, three passes
+    assert sq.Gamma().region_cost("seg", specs["seg"]) == 0  # left alone
+    assert sq.Anisotropy().region_cost("seg", specs["seg"]) == 2  # resampled too
+    # on the whole volume: the new volume, made slab by slab (the volume is smaller than one)
+    costs = {cost.image: cost for cost in sq.Contrast().memory_cost(specs)}
+    assert (costs["t1"].output, costs["t1"].peak) == (t1, t1 + 2 * t1)
+    assert set(costs) == {"t1", "t2"} and costs["t2"].peak == 3 * t2
     assert sq.Gamma().output_spec(specs) == specs
 
 

@@ -183,22 +183,66 @@ def test_loading_terms_follow_the_files(make_nifti: Callable[..., Path]) -> None
 
 
 def test_transform_terms(tensor_subjects: list[sq.Subject]) -> None:
-    """Per volume: Noise and Flip one, a Compose of both two (the in-memory input stays alive in
-    the subject list while both run), ZNormalization one; unknown callables two of every image."""
+    """Deferred to the 8^3 patches, an augmentation costs a patch's input and result (a
+    resampling some 80 bytes a voxel); on the whole volume, the new volume and a slab's values
+    (here the whole volume: it is smaller than a slab). ZNormalization one volume; unknown
+    callables two of every image."""
     volume = 24 * 20 * 16 * 4
+    patch = 8**3
 
-    def transform_bytes(transform: object) -> int:
-        estimate = sq.estimate_memory(tensor_subjects, 8, transform=transform)  # type: ignore[arg-type]
+    def transform_bytes(transform: object, patch_evaluation: bool = True) -> int:
+        estimate = sq.estimate_memory(
+            tensor_subjects,
+            8,
+            transform=transform,  # type: ignore[arg-type]
+            patch_evaluation=patch_evaluation,
+        )
         return estimate.worker.transform
 
     assert transform_bytes(None) == 0
-    assert transform_bytes(sq.Noise()) == volume
-    assert transform_bytes(sq.Flip()) == volume
-    assert transform_bytes(sq.Compose([sq.Flip(), sq.Noise()])) == 2 * volume
+    assert transform_bytes(sq.Noise()) == transform_bytes(sq.Flip()) == patch * 8
+    assert transform_bytes(sq.Compose([sq.Flip(), sq.Noise()])) == patch * 8
+    assert transform_bytes(sq.Compose([sq.Noise(), sq.Affine(default_pad_value=0)])) == patch * 80
+    # the fill value 'minimum' is the noisy image's: it is made whole once (with a slab's
+    # values), which the heap keeps while the patches are computed
+    filled, zero = (
+        sq.estimate_memory(
+            tensor_subjects,
+            8,
+            transform=sq.Compose([sq.Noise(), sq.Affine(default_pad_value=fill)]),
+        ).worker
+        for fill in ("minimum", 0)
+    )
+    assert filled.total - zero.total == 3 * volume and filled.phase == "evaluating patches"
+    assert transform_bytes(sq.OneOf([sq.Noise(), sq.Affine()])) == patch * 80
+    assert transform_bytes(sq.Noise(), patch_evaluation=False) == 3 * volume
     assert transform_bytes(sq.ZNormalization()) == volume
+    assert transform_bytes(sq.Compose([sq.ZNormalization(), sq.Noise()])) == volume
     assert transform_bytes(lambda subject: subject) == 2 * volume
     scalar_only = sq.Lambda(lambda data: data, types_to_apply=(sq.LabelMap,))
     assert transform_bytes(scalar_only) == 0
+
+
+def test_deferred_images_a_sampler_reads_are_made_whole_slab_by_slab(
+    tensor_subjects: list[sq.Subject],
+) -> None:
+    """A label sampler reads its (deferred, resampled) label map whole: the map is made slab by
+    slab, some 160 bytes a voxel in flight (which the heap keeps while the sampler draws, 21
+    bytes a voxel), and kept while the patches are computed."""
+    subjects = [
+        sq.Subject(t1=subject.t1, seg=sq.LabelMap(subject.t1.data.gt(0).to(torch.uint8)))
+        for subject in tensor_subjects
+    ]
+    voxels = 24 * 20 * 16
+    label = sq.LabelSampler(None, 8, label_name="seg")
+    worker = sq.estimate_memory(subjects, label, transform=sq.Affine()).worker
+    assert (worker.phase, worker.sampler) == ("sampling", voxels + 160 * voxels + 21 * voxels)
+    uniform = sq.estimate_memory(subjects, 8, transform=sq.Affine()).worker
+    assert (uniform.phase, uniform.sampler, uniform.transform) == (
+        "evaluating patches",
+        0,
+        160 * 8**3,
+    )
 
 
 def test_a_compose_frees_each_step_input(make_nifti: Callable[..., Path]) -> None:
@@ -208,7 +252,13 @@ def test_a_compose_frees_each_step_input(make_nifti: Callable[..., Path]) -> Non
     subjects = [sq.Subject(t1=sq.ScalarImage(make_nifti("t1.nii.gz", volume)))]
 
     def worker_total(transform: object) -> int:
-        estimate = sq.estimate_memory(subjects, 8, transform=transform, num_workers=1)  # type: ignore[arg-type]
+        estimate = sq.estimate_memory(
+            subjects,
+            8,
+            transform=transform,  # type: ignore[arg-type]
+            num_workers=1,
+            patch_evaluation=False,
+        )
         return estimate.worker.total
 
     assert worker_total(sq.Compose([sq.Flip(), sq.Noise()])) == worker_total(sq.Noise())
@@ -318,7 +368,7 @@ def test_a_new_transform_and_sampler_are_estimated_and_run_without_edits_elsewhe
 
     flipped = worker(sq.UniformSampler(None, 8), MyFlip(axes=(1,)))
     assert flipped == worker(sq.UniformSampler(None, 8), sq.Flip(axes=(1,)))
-    assert flipped.transform == volume  # one copy: Flip's cost, not an unknown transform's two
+    assert flipped.transform == 8**3 * 8  # a patch's input and result: Flip's, deferred
     cornered = worker(CornerSampler(None, 8), None)
     assert cornered.sampler == volume and cornered.phase == "sampling"
 

@@ -299,17 +299,19 @@ def test_locality_says_how_much_of_the_volume_a_patch_needs() -> None:
 
 
 def test_memory_cost_in_volumes_of_the_images_touched() -> None:
-    """Flip copies every image; Noise and the intensity maps make one volume per scalar image
-    (two with a mask: the masked voxels' copy); a Lambda two of the images it applies to; an
-    unknown transform two of all."""
+    """On the whole volume, an augmentation makes every image it applies to anew (Flip all of
+    them, Noise the scalar images) with a slab's input and result in flight (here the whole
+    volume: it is smaller than a slab); the intensity maps make one volume per scalar image (two
+    with a mask: the masked voxels' copy); a Lambda two of the images it applies to; an unknown
+    transform two of all."""
     images = described_subject()
     t1, seg = images["t1"].nbytes, images["seg"].nbytes
 
     def costs(transform: SubjectTransform) -> list[tuple[str, int, int]]:
         return [(c.image, c.peak, c.output) for c in described(transform).memory_cost(images)]
 
-    assert costs(Flip()) == [("t1", t1, t1), ("seg", seg, seg)]
-    assert costs(Noise()) == [("t1", t1, t1)]
+    assert costs(Flip()) == [("t1", 3 * t1, t1), ("seg", 3 * seg, seg)]
+    assert costs(Noise()) == [("t1", 3 * t1, t1)]
     assert costs(ZNormalization()) == costs(RescaleIntensity()) == [("t1", t1, t1)]
     mask = t1 // 4  # a bool per float32 voxel
     assert costs(ZNormalization(masking_method="seg")) == [("t1", 2 * t1 + mask, t1)]

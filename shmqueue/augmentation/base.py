@@ -18,7 +18,7 @@ from ..image import Image, ScalarImage
 from ..specs import ImageSpec, Locality, SubjectSpec, Unknown, VolumeCost
 from ..subject import Subject
 from ..transforms import Deferrable
-from .deferred import evaluated
+from .deferred import evaluated, slab_voxels
 from .operations import Operation, Selection, subject_specs
 
 
@@ -83,13 +83,21 @@ class Augmentation(Deferrable):
     def locality(self) -> Locality:
         return Locality(0)
 
+    def region_cost(self, name: str, spec: ImageSpec) -> int:
+        """Unless a subclass says otherwise: the region's input and its result (the values of
+        an intensity operation, computed voxel by voxel)."""
+        if not self.selection(name, spec.kind):
+            return 0
+        return 2 * spec.channels * spec.dtype.itemsize
+
     def memory_cost(self, images: SubjectSpec) -> list[VolumeCost]:
-        """Evaluated on the whole volume: the new volume of every image it applies to, and as
-        much again for the values in flight while it is made slab by slab."""
+        """Evaluated on the whole volume: the new volume of every image it applies to, made
+        slab by slab (:data:`~shmqueue.augmentation.deferred.SLAB_VOXELS`), with a slab's
+        values in flight (:meth:`region_cost`)."""
         return [
-            VolumeCost(name, 2 * spec.nbytes, spec.nbytes)
+            VolumeCost(name, spec.nbytes + slab_voxels(spec) * cost, spec.nbytes)
             for name, spec in images.items()
-            if self.selection(name, spec.kind)
+            if (cost := self.region_cost(name, spec))
         ]
 
     def __repr__(self) -> str:

@@ -34,6 +34,7 @@ import torch.nn.functional as functional
 
 from ..image import Image
 from ..reductions import mean
+from ..specs import ImageSpec
 from ..subject import Subject
 from .operations import (
     Fill,
@@ -43,9 +44,14 @@ from .operations import (
 )
 from .regions import Region, Triple, read_region
 
-SLAB_VOXELS = 1 << 20
-"""Voxels per slab when a whole image is evaluated: bounds the coordinates and values in flight
-(about 50 bytes a voxel) to some 50 MiB."""
+SLAB_VOXELS = 1 << 18
+"""Voxels per slab when a whole image or a large patch is evaluated: bounds the coordinates and
+values in flight (up to some 120 bytes a voxel for a resampled label map) to some 30 MiB."""
+
+
+def slab_voxels(spec: ImageSpec) -> int:
+    """The voxels of the largest slab of an image described by ``spec``."""
+    return min(spec.voxels, SLAB_VOXELS)
 
 
 @dataclass(frozen=True)
@@ -151,14 +157,9 @@ class DeferredVoxels:
         """The output's dtype: the input's (scalar images are floating point)."""
         return self.source.dtype
 
-    def region(self, region: Region) -> torch.Tensor:
-        """The result at ``region``: ``(C, *region.size)`` (possibly a view of the input when no
-        operation applies; never to be written into)."""
-        return self._evaluate(len(self.stages), region)
-
     def patch(self, index: Triple, size: Triple) -> torch.Tensor:
-        """The result in the box ``index : index + size``."""
-        return self.region(Region.box(index, size, self.shape))
+        """The result in the box ``index : index + size``, slab by slab if it is large."""
+        return self._slabbed(len(self.stages), Region.box(index, size, self.shape))
 
     def whole(self) -> torch.Tensor:
         """The whole result, evaluated slab by slab."""
@@ -170,10 +171,17 @@ class DeferredVoxels:
         """The result of the first ``count`` stages on the whole volume."""
         if count == 0:
             return self.source
-        channels = self.source.shape[0]
-        result = torch.empty((channels, *self.shape), dtype=self.dtype)
+        return self._slabbed(count, Region.whole(self.shape))
+
+    def _slabbed(self, count: int, region: Region) -> torch.Tensor:
+        """The result of the first ``count`` stages at ``region``, slabs of at most
+        :data:`SLAB_VOXELS` at a time, so that the values in flight stay bounded."""
+        slabs = region.slabs(SLAB_VOXELS)
+        if len(slabs) == 1:
+            return self._evaluate(count, region)
+        result = torch.empty((self.channels, *region.size), dtype=self.dtype)
         start = 0
-        for slab in Region.whole(self.shape).slabs(SLAB_VOXELS):
+        for slab in slabs:
             values = self._evaluate(count, slab)
             result[:, start : start + values.shape[1]] = values
             start += values.shape[1]

@@ -13,7 +13,7 @@ subject (contrast).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -22,11 +22,14 @@ import torch.nn.functional as functional
 
 from ..image import Image, LabelMap, ScalarImage
 from ..reductions import channel_means
-from ..specs import ImageSpec, Locality, SubjectSpec, VolumeCost
+from ..specs import ImageSpec, Locality, SubjectSpec
 from .base import Augmentation
 from .operations import IntensityOperation, Interpolation, Operation, Selection, grid_of
 from .parameters import AxisRange, Number, RangeLike, ValueRange
 from .regions import Region, Triple, read_region
+
+CONVOLUTION_KERNEL_BYTES = 9 << 19
+"""What a process keeps after its first ``conv3d`` (measured: 4.3 MiB)."""
 
 
 def region_generator(seed: int, region: Region) -> torch.Generator:
@@ -34,20 +37,6 @@ def region_generator(seed: int, region: Region) -> torch.Generator:
     the region's position: the same region gets the same draws wherever it is evaluated."""
     entropy = np.random.SeedSequence([seed, *(value + 1 for value in region.key)])
     return torch.Generator().manual_seed(int(entropy.generate_state(1, np.uint64)[0] >> 1))
-
-
-def _costs(
-    images: SubjectSpec,
-    selection: Selection,
-    peak: Callable[[ImageSpec], int] = lambda spec: spec.nbytes,
-) -> list[VolumeCost]:
-    """The costs of making a new volume for every image ``selection`` takes, ``peak(spec)``
-    bytes alive at once while making it (by default the new volume alone: computed in place)."""
-    return [
-        VolumeCost(name, peak(spec), spec.nbytes)
-        for name, spec in images.items()
-        if selection(name, spec.kind)
-    ]
 
 
 class _Intensity(Augmentation):
@@ -67,10 +56,6 @@ class _Intensity(Augmentation):
     def locality(self) -> Locality:
         """Voxel by voxel."""
         return Locality(0)
-
-    def memory_cost(self, images: SubjectSpec) -> list[VolumeCost]:
-        """The new volume, computed in place."""
-        return _costs(images, self.selection)
 
 
 # Noise -----------------------------------------------------------------------------------------
@@ -131,10 +116,6 @@ class Noise(Augmentation):
         std = self.std.draw(generator)
         seed = int(torch.randint(0, 2**62, (), generator=generator))
         return [AddNoise(self.selection, mean, std, seed)]
-
-    def memory_cost(self, images: SubjectSpec) -> list[VolumeCost]:
-        """One noise volume per image, to which the image is added in place."""
-        return _costs(images, self.selection)
 
 
 # Bias field ------------------------------------------------------------------------------------
@@ -267,17 +248,6 @@ class BiasField(_Intensity):
             return []
         shape = grid_of(images).spatial_shape
         return [MultiplyBiasField(self.selection, coefficients, self.order, shape)]
-
-    def memory_cost(self, images: SubjectSpec) -> list[VolumeCost]:
-        """The field (one channel), which becomes the output of a one-channel image; an image of
-        more channels is multiplied by it into a new volume."""
-        return _costs(
-            images,
-            self.selection,
-            lambda spec: (
-                spec.nbytes + (spec.voxels * spec.dtype.itemsize if spec.channels > 1 else 0)
-            ),
-        )
 
 
 # Gamma -----------------------------------------------------------------------------------------
@@ -450,18 +420,16 @@ class Blur(_Intensity):
             return []
         return [SeparableBlur(self.selection, sigmas)]
 
-    def memory_cost(self, images: SubjectSpec) -> list[VolumeCost]:
-        """The input grown by the largest kernels' radii, read as a copy, and each axis's
-        convolution of it (two such volumes at once at most)."""
+    def process_cost(self) -> int:
+        """torch's convolution kernels (oneDNN), initialised on the first blur."""
+        return CONVOLUTION_KERNEL_BYTES
 
-        def peak(spec: ImageSpec) -> int:
-            sigmas = _voxel_sigmas([high for _, high in self.std.axes], spec.spacing)
-            grown = math.prod(
-                n + 2 * gaussian_radius(sigma) for n, sigma in zip(spec.spatial_shape, sigmas)
-            )
-            return 2 * spec.channels * grown * spec.dtype.itemsize
-
-        return _costs(images, self.selection, peak)
+    def region_cost(self, name: str, spec: ImageSpec) -> int:
+        """The region grown by the kernels' radii, read as a copy, and the passes along each
+        axis (some ten values per voxel, measured)."""
+        if not self.selection(name, spec.kind):
+            return 0
+        return 10 * spec.channels * spec.dtype.itemsize
 
 
 # Brightness and contrast -----------------------------------------------------------------------
@@ -792,13 +760,3 @@ class Anisotropy(_Intensity):
             if selection.kinds:
                 operations.append(ResampleAxis(selection, axis, length, factor, interpolation))
         return operations
-
-    def memory_cost(self, images: SubjectSpec) -> list[VolumeCost]:
-        """Scalar images upsampled linearly: the two gathered volumes the result is mixed from;
-        otherwise the one gathered volume."""
-
-        def peak(spec: ImageSpec) -> int:
-            linear = issubclass(spec.kind, ScalarImage) and self.image_interpolation == "linear"
-            return 2 * spec.nbytes if linear else spec.nbytes
-
-        return _costs(images, self.selection, peak)

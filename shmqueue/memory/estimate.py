@@ -56,6 +56,7 @@ def estimate_memory(
     measure: bool = False,
     images: Mapping[str, tuple[int, torch.dtype]] | None = None,
     multiprocessing_context: str | BaseContext | None = None,
+    patch_evaluation: bool = True,
 ) -> MemoryEstimate:
     """Estimate a queue configuration's memory, term by term, from the images' headers.
 
@@ -85,6 +86,9 @@ def estimate_memory(
         multiprocessing_context: the queue's start method (``"fork"``, ``"spawn"``,
             ``"forkserver"``) or context; the platform's default when omitted. Spawned workers
             import torch themselves; forked ones share the training process's pages.
+        patch_evaluation: as the queue's: the trailing augmentations are computed at the
+            patches (and, for an image the sampler reads whole, slab by slab) instead of making
+            new volumes.
 
     Returns:
         The :class:`MemoryEstimate`; ``print()`` it for a table.
@@ -139,6 +143,7 @@ def estimate_memory(
         pin_memory=pin_memory,
         measure=measure,
         multiprocessing_context=multiprocessing_context,
+        patch_evaluation=patch_evaluation,
     )
 
 
@@ -154,6 +159,7 @@ def estimate_catalog(
     pin_memory: bool,
     measure: bool,
     multiprocessing_context: str | BaseContext | None,
+    patch_evaluation: bool = True,
 ) -> MemoryEstimate:
     """The estimate of :func:`estimate_memory` for subjects already read into ``catalog``
     (with the catalog's ``max_length`` and ``patches_per_volume``): what a queue asks of it."""
@@ -175,7 +181,7 @@ def estimate_catalog(
         measured = measure_pipeline(subjects, catalog, transform, sampler, start_method)
         peak_description = f"the largest {min(MEASURED_SUBJECTS, len(subjects))} subject(s)"
     else:
-        peak_index, data = peak_subject(catalog, transform, sampler)
+        peak_index, data = peak_subject(catalog, transform, sampler, patch_evaluation)
         measured = 0
         peak_description = catalog.subjects[peak_index].description
     worker = WorkerPeak(

@@ -11,14 +11,22 @@ loading is modelled here, from each image's stored and loaded dtype, scaling and
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Hashable, Iterator, Sequence
 from dataclasses import dataclass
 
+from ..augmentation.deferred import SLAB_VOXELS, slab_voxels
 from ..catalog import Catalog, ImageEntry
 from ..image import INFLATE_CHUNK, LabelMap
 from ..sampling.base import PatchSampler
 from ..specs import ImageSpec
-from ..transforms import SubjectTransform, described_steps, transform_steps
+from ..transforms import (
+    Deferrable,
+    SubjectTransform,
+    described,
+    described_steps,
+    transform_steps,
+)
 from .breakdown import total_bytes
 from .constants import HEAP_BLOCK_LIMIT
 
@@ -72,16 +80,41 @@ def _load_moments(image: ImageEntry, held: int) -> Iterator[Moment]:
         yield Moment(f"converting {name} to labels", loaded=final, conversion=raw)
 
 
+@dataclass(frozen=True)
+class _Transformed:
+    """What the transform leaves a worker with: its peak beyond the loaded subject, the
+    subject's description after it, and what the augmentations deferred to the patches cost."""
+
+    peak: int
+    specs: dict[str, ImageSpec]
+    region_costs: dict[str, int]  # per deferred image: bytes in flight per voxel of a region
+    statistics: int  # bytes alive while a deferred stage's whole input is made for statistics
+    kernels: int  # what the process keeps once it has run the transform (lazy library kernels)
+
+
+def _deferred_count(steps: Sequence[SubjectTransform]) -> int:
+    """How many of ``steps``, at the end, the pipeline defers to the patches: the trailing run
+    of deferrable ones (:func:`~shmqueue.transforms.run_steps`)."""
+    count = 0
+    for step in reversed(steps):
+        if not (isinstance(step, Deferrable) and step.deferrable):
+            break
+        count += 1
+    return count
+
+
 def _transform_peak(
-    transform: SubjectTransform | None, images: Sequence[ImageEntry]
-) -> tuple[int, dict[str, ImageSpec]]:
-    """Bytes a transform holds beyond the loaded subject at its peak, as its steps say, and the
-    subject's description after it, which the sampler gets.
+    transform: SubjectTransform | None, images: Sequence[ImageEntry], patch_evaluation: bool
+) -> _Transformed:
+    """Bytes a transform holds beyond the loaded subject at its peak, as its steps say, the
+    subject's description after it, which the sampler gets, and the deferred steps' costs.
 
     The pipeline applies a Compose step by step (:func:`~shmqueue.transforms.transform_steps`;
     steps with ``p < 1`` are assumed to happen), so a step's input, the previous step's volumes,
     stays alive until the step returns, and is freed then. A step makes new volumes image by
-    image (:meth:`~shmqueue.Transform.memory_cost`).
+    image (:meth:`~shmqueue.Transform.memory_cost`). With ``patch_evaluation``, the trailing
+    augmentations make no volume: each patch, and each image the sampler reads whole, is
+    computed a slab at a time (:meth:`~shmqueue.transforms.Deferrable.region_cost`).
     """
     # The volume alive per image that the next step frees; an in-memory image's stays in the
     # subject list, counted there.
@@ -89,7 +122,9 @@ def _transform_peak(
     loaded = sum(current.values())
     peak = loaded
     specs = {image.name: image.spec for image in images}
-    for step, inputs, outputs in described_steps(transform_steps(transform), specs):
+    steps = list(transform_steps(transform))
+    first_deferred = len(steps) - (_deferred_count(steps) if patch_evaluation else 0)
+    for step, inputs, outputs in described_steps(steps[:first_deferred], specs):
         costs = step.memory_cost(inputs)
         made = 0
         for cost in costs:
@@ -97,21 +132,85 @@ def _transform_peak(
             made += cost.output
         current.update((cost.image, cost.output) for cost in costs)
         specs = outputs
-    return peak - loaded, specs
+    region_costs: dict[str, int] = {}
+    statistics = 0
+    for step, inputs, _ in described_steps(steps[first_deferred:], specs):
+        assert isinstance(step, Deferrable)  # deferred: every one is
+        step_costs = {name: step.region_cost(name, spec) for name, spec in inputs.items()}
+        if region_costs and step.locality.statistics:  # its input is made whole, once
+            statistics = max(
+                [statistics]
+                + [
+                    spec.nbytes + slab_voxels(spec) * region_costs.get(name, 0)
+                    for name, spec in inputs.items()
+                    if step_costs[name] and name in region_costs
+                ]
+            )
+        for name, region_cost in step_costs.items():
+            if region_cost:
+                region_costs[name] = max(region_costs.get(name, 0), region_cost)
+    kernels = max((described(step).process_cost() for step in steps), default=0)
+    return _Transformed(peak - loaded, specs, region_costs, statistics, kernels)
+
+
+def _deferred_moments(
+    transformed: _Transformed, sampler: PatchSampler, held: int, retained: int
+) -> list[Moment]:
+    """Sampling, and the moments of deferred evaluation: the images the sampler reads whole
+    are computed slab by slab and kept; each patch is computed a slab at a time. The heap
+    keeps what the earlier slabs freed (the whole images', a statistic's input) while the
+    patches are computed: measured, the patches' peak stood that much higher."""
+    specs, costs = transformed.specs, transformed.region_costs
+    whole = [name for name in sampler.whole_images(specs) if name in costs]
+    kept = sum(specs[name].nbytes for name in whole)
+    making = max((slab_voxels(specs[name]) * costs[name] for name in whole), default=0)
+    # the heap keeps the slabs' freed values while the sampler draws (measured)
+    sampling = kept + making + sampler.memory_cost(specs)
+    kernels = transformed.kernels
+    moments = [
+        Moment("sampling", loaded=held, transform=kernels, sampler=sampling, allocator=retained)
+    ]
+    if costs:
+        patch_voxels = min(math.prod(sampler.patch_size), SLAB_VOXELS)
+        in_flight = max(patch_voxels * cost for cost in costs.values())
+        moments.append(
+            Moment(
+                "evaluating patches",
+                loaded=held,
+                transform=kernels + in_flight,
+                sampler=kept,
+                allocator=retained + making + transformed.statistics,
+            )
+        )
+    if transformed.statistics:
+        moments.append(
+            Moment(
+                "deferred statistics",
+                loaded=held,
+                transform=kernels + transformed.statistics,
+                allocator=retained,
+            )
+        )
+    return moments
 
 
 def _subject_peak(
-    images: Sequence[ImageEntry], transform: SubjectTransform | None, sampler: PatchSampler
+    images: Sequence[ImageEntry],
+    transform: SubjectTransform | None,
+    sampler: PatchSampler,
+    patch_evaluation: bool,
 ) -> Moment:
     """The largest moment of processing one subject in a worker.
 
     Images load one after the other, then the transform runs step by step, then the sampler
-    prepares and draws. Writing patches into the ring allocates nothing. In-memory images are not
+    prepares and draws, and the patches are read (computed, when augmentations are deferred).
+    Writing patches into the ring allocates nothing. In-memory images are not
     loaded: they are counted with the subject list. The loaded and transformed volumes come from
     the process's :mod:`~shmqueue.volumes` pool, which keeps them, free, while the next subject
     inflates its files and takes them back one by one.
     """
-    transform_peak, transformed = _transform_peak(transform, images)
+    transformed = _transform_peak(transform, images, patch_evaluation)
+    transform_peak = transformed.peak + transformed.kernels
     loaded_files = [image.loaded_bytes for image in images if not image.in_memory]
     # The pool also keeps a buffer of a nearby size until it goes stale: with subjects of mixed
     # shapes, workers measured up to one loaded volume more than the subject's own.
@@ -131,8 +230,7 @@ def _subject_peak(
     moments.append(
         Moment("transforming", loaded=held, transform=transform_peak, allocator=retained)
     )
-    sampling = sampler.memory_cost(transformed)
-    moments.append(Moment("sampling", loaded=held, sampler=sampling, allocator=retained))
+    moments.extend(_deferred_moments(transformed, sampler, held, retained))
     return max(moments, key=lambda moment: moment.total)
 
 
@@ -167,7 +265,10 @@ def _model_key(image: ImageEntry) -> Hashable:
 
 
 def peak_subject(
-    catalog: Catalog, transform: SubjectTransform | None, sampler: PatchSampler
+    catalog: Catalog,
+    transform: SubjectTransform | None,
+    sampler: PatchSampler,
+    patch_evaluation: bool = True,
 ) -> tuple[int, Moment]:
     """The index of the subject with the largest modelled peak, and that peak.
 
@@ -178,7 +279,7 @@ def peak_subject(
     for subject in catalog.subjects:
         key = tuple(_model_key(image) for image in subject.images)
         if key not in peaks:
-            peaks[key] = _subject_peak(subject.images, transform, sampler)
+            peaks[key] = _subject_peak(subject.images, transform, sampler, patch_evaluation)
         if best is None or peaks[key].total > best[1].total:
             best = (subject.index, peaks[key])
     assert best is not None

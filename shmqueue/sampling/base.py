@@ -198,6 +198,13 @@ class PatchSampler:
         """The spatial shape after :meth:`prepare` (known from the header alone)."""
         return spatial_shape
 
+    def whole_images(self, images: SubjectSpec) -> list[str]:
+        """The images whose every voxel it reads to prepare the subject and draw locations
+        (given the transformed subject's description): a deferred augmentation computes those
+        on the whole volume, the others only at the patches. The base class answers for a
+        sampler it knows nothing of: all of them."""
+        return list(images)
+
     def memory_cost(self, images: SubjectSpec) -> int:
         """Bytes the sampler holds beyond the subject while it prepares it and draws locations,
         given the (transformed) subject's description.

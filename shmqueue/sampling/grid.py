@@ -166,6 +166,10 @@ class GridSampler(PatchSampler):
             }
         )
 
+    def whole_images(self, images: SubjectSpec) -> list[str]:
+        """With padding, all of them (each is padded whole); else none."""
+        return [] if self.padding_mode is None else list(images)
+
     def memory_cost(self, images: SubjectSpec) -> int:
         """With padding, every image padded at once (and, for the modes other than
         ``"constant"``, which gather axis by axis, one more copy of the largest); else nothing."""

@@ -33,6 +33,10 @@ class UniformSampler(PatchSampler):
         ]
         return [PatchLocation((i, j, k), self.patch_size) for i, j, k in zip(*starts)]
 
+    def whole_images(self, images: SubjectSpec) -> list[str]:
+        """None: it reads the shape alone."""
+        return []
+
     def memory_cost(self, images: SubjectSpec) -> int:
         """Nothing: a few random integers per patch."""
         return 0

@@ -105,6 +105,10 @@ class WeightedSampler(PatchSampler):
         description = f"probability map '{self.probability_map}'"
         return _draw_from_map(self, probability, subject, description, num_patches, generator)
 
+    def whole_images(self, images: SubjectSpec) -> list[str]:
+        """The probability map."""
+        return [self.probability_map] if self.probability_map in images else []
+
     def memory_cost(self, images: SubjectSpec) -> int:
         """The map summed over channels (after a float32 copy of a map of another dtype), or
         the draw from it, whichever is larger."""
@@ -187,6 +191,11 @@ class LabelSampler(PatchSampler):
                 probability[mask] = weight / float(counts[label])
         description = f"label map '{label_name}'"
         return _draw_from_map(self, probability, subject, description, num_patches, generator)
+
+    def whole_images(self, images: SubjectSpec) -> list[str]:
+        """The label map."""
+        label_name = self._label_name(images)
+        return [] if label_name is None or label_name not in images else [label_name]
 
     def memory_cost(self, images: SubjectSpec) -> int:
         """The draw from the label probability map, after an int64 argmax over the channels of a
