@@ -2,9 +2,10 @@
 
 ``shmqueue demo`` (and ``make demo``) generates, once, a small dataset of head-like T1 volumes with
 label maps into a cache directory, trains a small 3D network on the CPU for two epochs with two
-worker processes, shows progress (patches/s, buffer fill, consumer wait), and writes two
-pictures: a montage of sampled patches with their labels, and a timeline of buffer fill and
-consumer waits.
+worker processes and realistic augmentation (affine, elastic deformation, bias field, gamma, blur,
+noise, flips; evaluated at the patches only), shows progress (patches/s, buffer fill, consumer
+wait), and writes two pictures: a montage of augmented patches with their labels on top, and a
+timeline of buffer fill and consumer waits.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .augmentation import Flip, Noise
+from .augmentation import Affine, BiasField, Blur, ElasticDeformation, Flip, Gamma, Noise
 from .batch import Batch
 from .image import LabelMap, ScalarImage
 from .loader import SubjectsLoader
@@ -190,8 +191,9 @@ def save_montage(batches: list[Batch], path: Path) -> None:
             axis.imshow(inner, cmap="autumn", alpha=0.5, origin="lower", vmin=2, vmax=3)
             axis.set_axis_off()
     figure.suptitle(
-        "Sampled patches, three orthogonal slices each: brain outline (cyan),"
-        " ventricles and lesion (filled)"
+        "Augmented patches (affine, elastic, bias field, gamma, blur, noise, flip), three"
+        " orthogonal slices each, with their labels: brain outline (cyan), ventricles and lesion"
+        " (filled)"
     )
     figure.tight_layout()
     figure.savefig(path, dpi=90)
@@ -227,6 +229,23 @@ def save_timeline(timeline: Timeline, path: Path) -> None:
     plt.close(figure)
 
 
+def augmentation() -> Compose:
+    """The demo's transform: intensities rescaled to [0, 1] once per subject, then the random
+    augmentation 3D segmentation is trained with, which the workers evaluate at the patches."""
+    return Compose(
+        [
+            RescaleIntensity((0.0, 1.0)),
+            Affine(scales=(0.85, 1.15), degrees=15, translation=4, isotropic=True, p=0.8),
+            ElasticDeformation(num_control_points=6, max_displacement=4, p=0.3),
+            BiasField(coefficients=0.3, p=0.3),
+            Gamma(log_gamma=(-0.3, 0.3), p=0.3),
+            Blur(std=(0.25, 0.75), p=0.2),
+            Noise(std=(0.0, 0.03)),
+            Flip(axes=("LR",), flip_probability=0.5),
+        ]
+    )
+
+
 def run_demo(
     output: Path, data: Path | None = None, settings: DemoSettings = DemoSettings()
 ) -> int:
@@ -241,7 +260,7 @@ def run_demo(
         label_name="seg",
         label_probabilities={0: 0.2, 1: 0.4, 2: 0.2, 3: 0.2},
     )
-    transform = Compose([RescaleIntensity((0.0, 1.0)), Flip(axes=(0,), p=0.5), Noise(std=0.03)])
+    transform = augmentation()
     with Queue(
         subjects,
         sampler,
