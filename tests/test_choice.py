@@ -149,3 +149,12 @@ def test_the_pipeline_evaluates_chosen_augmentations_at_the_patches() -> None:
                 lazy.t1.voxels_at(*location), eager.t1.voxels_at(*location), atol=1e-4 * 100
             )
             assert torch.equal(lazy.seg.voxels_at(*location), eager.seg.voxels_at(*location))
+
+
+def test_evaluating_drawn_operations_leaves_the_subject_alone() -> None:
+    subject = subject_on()
+    before = {name: image.data for name, image in subject.images.items()}
+    operations = sq.Affine(degrees=20).draw(subject, torch.Generator().manual_seed(0))
+    result = sq.Affine().evaluate(subject, operations)
+    assert all(subject[name].data is data for name, data in before.items())
+    assert not torch.equal(result.t1.data, subject.t1.data)

@@ -375,10 +375,12 @@ def deferred(subject: Subject, operations: Sequence[object]) -> Subject:
 
 
 def evaluated(subject: Subject, operations: Sequence[object]) -> Subject:
-    """``subject`` with the operations evaluated on the whole of every image they apply to."""
+    """A new subject: ``subject`` with the operations evaluated on the whole of every image
+    they apply to (``subject`` itself is left as it was)."""
+    result = subject.copy()
     mapped = MappedPoints()
-    for name, image in list(subject.images.items()):
+    for name, image in subject.images.items():
         voxels = DeferredVoxels(image.data, name, type(image), operations, mapped)
         if voxels.stages:
-            subject[name] = image.with_data(voxels.whole())
-    return subject
+            result[name] = image.with_data(voxels.whole())
+    return result
