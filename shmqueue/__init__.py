@@ -71,9 +71,11 @@ from .preprocessing import (
     Pad,
     RemapLabels,
     RemoveLabels,
+    Reorient,
     RescaleIntensity,
     SequentialLabels,
     ToCanonical,
+    ToOrientation,
     ZNormalization,
 )
 from .queue import Queue
@@ -158,6 +160,7 @@ __all__ = [
     "RankInfo",
     "RemapLabels",
     "RemoveLabels",
+    "Reorient",
     "RescaleIntensity",
     "RingAllocationError",
     "SamplingError",
@@ -171,6 +174,7 @@ __all__ = [
     "SubjectsDataset",
     "SubjectsLoader",
     "ToCanonical",
+    "ToOrientation",
     "TorchioAdapter",
     "Transform",
     "TransformOutputError",

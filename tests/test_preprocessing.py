@@ -4,13 +4,16 @@ through a queue with workers."""
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from typing import Any
 
 import numpy as np
 import pytest
 import torch
+from nibabel import orientations as nib_orientations
 
 import shmqueue as sq
+from shmqueue.augmentation.operations import subject_specs
 from shmqueue.preprocessing import (
     Clamp,
     Crop,
@@ -21,6 +24,7 @@ from shmqueue.preprocessing import (
     Pad,
     RemapLabels,
     RemoveLabels,
+    Reorient,
     RescaleIntensity,
     SequentialLabels,
     ToCanonical,
@@ -425,6 +429,64 @@ def test_to_canonical_keeps_world_positions(seed: int) -> None:
         moved = tuple(int(value) for value in np.rint(position))
         np.testing.assert_allclose(position, moved, atol=1e-6)
         assert torch.equal(after.data[(slice(None), *moved)], before.data[(slice(None), *index)])
+
+
+AXIS_ORIENTATIONS = [
+    (permutation, signs)
+    for permutation in itertools.permutations(range(3))
+    for signs in itertools.product((1.0, -1.0), repeat=3)
+]  # all 48 ways the voxel axes can point along the world's
+
+
+def axis_aligned_affine(permutation: tuple[int, ...], signs: tuple[float, ...]) -> np.ndarray:
+    affine = np.eye(4)
+    affine[:3, :3] = 0
+    for axis, (world_axis, sign) in enumerate(zip(permutation, signs)):
+        affine[world_axis, axis] = sign * (1.0 + 0.25 * axis)  # anisotropic spacing
+    affine[:3, 3] = (5.0, -3.0, 2.0)
+    return affine
+
+
+@pytest.mark.parametrize(("permutation", "signs"), AXIS_ORIENTATIONS)
+@pytest.mark.parametrize("target", ["RAS", "LPS", "PIR"])
+def test_reorient_keeps_every_voxels_world_position_from_all_48_orientations(
+    permutation: tuple[int, ...], signs: tuple[float, ...], target: str
+) -> None:
+    affine = axis_aligned_affine(permutation, signs)
+    data = torch.arange(3 * 4 * 5, dtype=torch.float32).reshape(1, 3, 4, 5)
+    subject = sq.Subject(
+        t1=sq.ScalarImage(data, affine=affine), seg=sq.LabelMap(data.short(), affine=affine)
+    )
+    transform = Reorient(target) if target != "RAS" else ToCanonical()
+    result = transform(subject, torch.Generator())
+    after = result.t1
+    assert "".join(nib_orientations.aff2axcodes(after.affine)) == target
+    inverse = np.linalg.inv(after.affine)
+    for index in np.ndindex(3, 4, 5):
+        position = inverse[:3, :3] @ world(affine, index) + inverse[:3, 3]
+        moved = tuple(int(value) for value in np.rint(position))
+        np.testing.assert_allclose(position, moved, atol=1e-9)
+        assert after.data[(0, *moved)] == data[(0, *index)]
+    predicted = transform.output_spec(subject_specs(subject))
+    assert not isinstance(predicted, type(UNKNOWN))
+    assert predicted["t1"].spatial_shape == after.spatial_shape
+    np.testing.assert_array_equal(predicted["t1"].affine, after.affine)
+
+
+@pytest.mark.parametrize("target", ["LPS", "PIR", "ras"])
+def test_reorient_matches_torchio(target: str) -> None:
+    subject, reference = grid_subjects(3, (4, 5, 6))
+    mine = Reorient(target)(subject, torch.Generator())
+    theirs = tio.ToOrientation(target.upper())(reference)
+    for name in ("t1", "seg"):
+        assert torch.equal(mine[name].data, theirs[name].data)
+        np.testing.assert_allclose(mine[name].affine, theirs[name].affine, atol=1e-9)
+
+
+@pytest.mark.parametrize("code", ["RA", "RAL", "XYZ", "RASR", 3])
+def test_reorient_refuses_codes_that_are_not_orientations(code: Any) -> None:
+    with pytest.raises(ValueError, match="one of R or L, one of A or P and one of S or I"):
+        Reorient(code)
 
 
 def test_crop_and_pad_keep_world_positions() -> None:

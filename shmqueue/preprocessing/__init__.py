@@ -21,7 +21,7 @@ voxels), an anatomical half (``'Left'``, ``'Right'``, ``'Posterior'``, ``'Anteri
 
 from .intensity import Clamp, Mask, RescaleIntensity, ZNormalization
 from .labels import OneHot, RemapLabels, RemoveLabels, SequentialLabels
-from .spatial import Crop, CropOrPad, EnsureShapeMultiple, Pad, ToCanonical
+from .spatial import Crop, CropOrPad, EnsureShapeMultiple, Pad, Reorient, ToCanonical, ToOrientation
 
 __all__ = [
     "Clamp",
@@ -33,8 +33,10 @@ __all__ = [
     "Pad",
     "RemapLabels",
     "RemoveLabels",
+    "Reorient",
     "RescaleIntensity",
     "SequentialLabels",
     "ToCanonical",
+    "ToOrientation",
     "ZNormalization",
 ]

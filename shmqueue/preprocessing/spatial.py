@@ -527,12 +527,37 @@ class EnsureShapeMultiple(CropOrPad):
         return x, y, z
 
 
-class ToCanonical(_Regridding):
-    """Reorient every image to RAS+ (TorchIO's ``ToCanonical``): permute and flip its voxel
-    axes so that they point nearest to Right, Anterior and Superior, and change the affine so
-    that every voxel keeps its world position. An image already RAS+ is kept as it is.
+def orientation_code(orientation: str) -> str:
+    """``orientation`` as an upper-case three-letter code naming, for each voxel axis, the
+    direction it points to: one of R/L, one of A/P and one of S/I.
+
+    Raises:
+        ValueError: it is not such a code (the message names it).
+
+    Example:
+        >>> orientation_code("lps")
+        'LPS'
+    """
+    code = orientation.upper() if isinstance(orientation, str) else ""
+    pairs = ("RL", "AP", "SI")
+    covered = sorted(index for letter in code for index, pair in enumerate(pairs) if letter in pair)
+    if len(code) != 3 or covered != [0, 1, 2]:
+        raise ValueError(
+            f"An orientation is three letters, one of R or L, one of A or P and one of S or I"
+            f" (e.g. 'RAS', 'LPS', 'PIR'); got {orientation!r}."
+        )
+    return code
+
+
+class Reorient(_Regridding):
+    """Reorient every image to ``orientation`` (TorchIO 2.0's ``Reorient``; 1.x's
+    ``ToOrientation``): permute and flip its voxel axes so that they point nearest to the
+    directions the code names, and change the affine so that every voxel keeps its world
+    position. An image already so oriented is kept as it is.
 
     Args:
+        orientation: three letters, one per voxel axis, each the direction it points to: one
+            of R/L, one of A/P, one of S/I (``"RAS"``, ``"LPS"``, ``"PIR"``, ...).
         p: probability of applying the transform.
         include: names of the only images to reorient.
         exclude: names of images not to reorient.
@@ -540,26 +565,37 @@ class ToCanonical(_Regridding):
     Example:
         >>> import numpy as np, torch, shmqueue as sq
         >>> las = sq.ScalarImage(torch.zeros(1, 4, 5, 6), affine=np.diag([-1.0, 1, 1, 1]))
-        >>> ras = sq.ToCanonical()(sq.Subject(t1=las)).t1
-        >>> ras.affine[0].tolist(), ras.spatial_shape
-        ([1.0, 0.0, 0.0, -3.0], (4, 5, 6))
+        >>> lps = sq.Reorient("LPS")(sq.Subject(t1=las)).t1
+        >>> lps.affine[1].tolist(), lps.spatial_shape
+        ([0.0, -1.0, 0.0, 4.0], (4, 5, 6))
     """
 
-    @staticmethod
-    def _orientation(affine: np.ndarray, shape: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    def __init__(
+        self,
+        orientation: str = "RAS",
+        p: float = 1.0,
+        include: Sequence[str] | None = None,
+        exclude: Sequence[str] | None = None,
+    ) -> None:
+        super().__init__(p, include, exclude)
+        self.orientation = orientation_code(orientation)
+
+    def _orientation(
+        self, affine: np.ndarray, shape: Sequence[int]
+    ) -> tuple[np.ndarray, np.ndarray]:
         """The axes' reordering (nibabel's ``ornt_transform``) and the new affine."""
         current = orientations.io_orientation(affine)
-        transform = orientations.ornt_transform(current, orientations.axcodes2ornt("RAS"))
+        target = orientations.axcodes2ornt(tuple(self.orientation))
+        transform = orientations.ornt_transform(current, target)
         return transform, affine @ orientations.inv_ornt_aff(transform, tuple(shape))
 
-    @staticmethod
-    def _is_canonical(affine: np.ndarray) -> bool:
-        return "".join(orientations.aff2axcodes(affine)) == "RAS"
+    def _is_oriented(self, affine: np.ndarray) -> bool:
+        return "".join(orientations.aff2axcodes(affine)) == self.orientation
 
     def _regrid(
         self, data: torch.Tensor, affine: np.ndarray, plan: object
     ) -> tuple[torch.Tensor, np.ndarray]:
-        if self._is_canonical(affine):
+        if self._is_oriented(affine):
             return data, affine
         transform, new_affine = self._orientation(affine, data.shape[1:])
         flips = [axis + 1 for axis in range(3) if transform[axis, 1] == -1]
@@ -570,7 +606,7 @@ class ToCanonical(_Regridding):
         return reoriented, new_affine
 
     def _regrid_spec(self, spec: ImageSpec) -> ImageSpec | None:
-        if self._is_canonical(spec.affine):
+        if self._is_oriented(spec.affine):
             return spec
         transform, affine = self._orientation(spec.affine, spec.spatial_shape)
         order = np.argsort(transform[:, 0]).tolist()
@@ -583,3 +619,28 @@ class ToCanonical(_Regridding):
             VolumeCost(name, 2 * spec.nbytes, spec.nbytes)
             for name, spec in self._chosen_specs(images).items()
         ]
+
+
+class ToCanonical(Reorient):
+    """Reorient every image to RAS+ (TorchIO's ``ToCanonical``): :class:`Reorient` to
+    ``"RAS"``.
+
+    Example:
+        >>> import numpy as np, torch, shmqueue as sq
+        >>> las = sq.ScalarImage(torch.zeros(1, 4, 5, 6), affine=np.diag([-1.0, 1, 1, 1]))
+        >>> ras = sq.ToCanonical()(sq.Subject(t1=las)).t1
+        >>> ras.affine[0].tolist(), ras.spatial_shape
+        ([1.0, 0.0, 0.0, -3.0], (4, 5, 6))
+    """
+
+    def __init__(
+        self,
+        p: float = 1.0,
+        include: Sequence[str] | None = None,
+        exclude: Sequence[str] | None = None,
+    ) -> None:
+        super().__init__("RAS", p, include, exclude)
+
+
+class ToOrientation(Reorient):
+    """TorchIO 1.x's name for :class:`Reorient`."""
