@@ -30,7 +30,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as functional
 
 from ..image import Image
 from ..reductions import mean
@@ -43,6 +42,7 @@ from .operations import (
     SpatialOperation,
 )
 from .regions import Region, Triple, read_region
+from .sampling import sample
 
 SLAB_VOXELS = 1 << 18
 """Voxels per slab when a whole image or a large patch is evaluated: bounds the coordinates and
@@ -221,103 +221,26 @@ class DeferredVoxels:
                 axes = [operation.map_axis(axis, indices) for axis, indices in enumerate(axes)]
             return self._evaluate(count - 1, Region((axes[0], axes[1], axes[2]), self.shape))
         points = self.mapped.points(stage.operations, region)
-        size = region.size
         first = stage.operations[0]
         interpolation = first.interpolation(self.kind)
         fill = self._fill_value(count, first.fill(self.kind))
-        return self._sample(count, points, size, interpolation, fill)
+        read = _StageReader(self, count - 1)
+        return sample(read, self.shape, self.channels, self.dtype, points, interpolation, fill)
 
     def _fill_value(self, count: int, fill: Fill) -> float:
         if not isinstance(fill, str):
             return float(fill)
         return float(self._stage_statistics(count, lambda volume: _fill_statistic(volume, fill)))
 
-    def _sample(
-        self,
-        count: int,
-        points: torch.Tensor,
-        size: Triple,
-        interpolation: str,
-        fill: float,
-    ) -> torch.Tensor:
-        """The input of stage ``count`` at input voxel coordinates ``points`` ``(*size, 3)``."""
-        if interpolation not in ("linear", "nearest"):
-            raise ValueError(f"interpolation must be 'linear' or 'nearest', got {interpolation!r}")
-        flat_points = points.reshape(-1, 3)
-        lowest, highest = flat_points.amin(dim=0), flat_points.amax(dim=0)
-        last = torch.tensor(self.shape, dtype=points.dtype) - 1
-        valid: torch.Tensor | None = None  # None: every point is inside the volume
-        if bool((lowest < 0).any() or (highest > last).any()):
-            outside = (-points).clamp_(min=0).add_((points - last).clamp_(min=0))
-            # As TorchIO: a point is filled unless most of its weight lies inside the volume.
-            valid = (1 - outside).clamp_(min=0).prod(dim=-1) > 0.5
-            if not bool(valid.any()):
-                return torch.full((self.source.shape[0], *size), fill, dtype=self.dtype)
-        if interpolation == "nearest":
-            values = self._nearest(count, points, lowest, highest)
-        else:
-            values = self._linear(count, points, lowest, highest)
-        if valid is None:
-            return values
-        return torch.where(valid, values, torch.tensor(fill, dtype=self.dtype))
 
-    def _box(self, low: torch.Tensor, high: torch.Tensor) -> Region:
-        """The box ``low..high`` (inclusive), within the volume."""
-        limits = torch.tensor(self.shape, dtype=torch.int64) - 1
-        start = torch.minimum(low.clamp(min=0), limits)
-        stop = torch.maximum(torch.minimum(high, limits), start)
-        return Region.box(_triple(start), _triple(stop - start + 1), self.shape)
+class _StageReader:
+    """Reads regions of one stage's result: what a resampling of the next stage samples."""
 
-    def _nearest(
-        self, count: int, points: torch.Tensor, lowest: torch.Tensor, highest: torch.Tensor
-    ) -> torch.Tensor:
-        """Nearest-neighbour values at ``points`` (a point outside the volume gets a border
-        voxel's: the caller fills it)."""
-        rounded = torch.floor(points + 0.5)
-        box = self._box(
-            torch.floor(lowest + 0.5).to(torch.int64), torch.floor(highest + 0.5).to(torch.int64)
-        )
-        data = self._evaluate(count - 1, box)
-        channels, bx, by, bz = data.shape
-        start = torch.tensor([int(axis[0]) for axis in box.axes], dtype=points.dtype)
-        top = torch.tensor([bx - 1, by - 1, bz - 1], dtype=points.dtype)
-        relative = torch.minimum((rounded - start).clamp_(min=0), top).to(torch.int64)
-        flat = (relative[..., 0] * by + relative[..., 1]) * bz + relative[..., 2]
-        values = data.reshape(channels, -1)[:, flat.reshape(-1)]
-        return values.reshape(channels, *points.shape[:-1]).to(self.dtype)
+    def __init__(self, voxels: DeferredVoxels, count: int) -> None:
+        self.voxels, self.count = voxels, count
 
-    def _linear(
-        self, count: int, points: torch.Tensor, lowest: torch.Tensor, highest: torch.Tensor
-    ) -> torch.Tensor:
-        """Trilinear values at ``points``, zeros outside the volume as grid_sample's padding
-        (a point with most of its weight outside is filled by the caller)."""
-        low = torch.floor(lowest).to(torch.int64).clamp(min=-1)
-        high = torch.minimum(
-            torch.floor(highest).to(torch.int64) + 1, torch.tensor(self.shape, dtype=torch.int64)
-        )
-        box = self._box(low, high)
-        data = self._evaluate(count - 1, box).to(torch.float32)
-        start = torch.tensor([int(axis[0]) for axis in box.axes], dtype=torch.int64)
-        stop = start + torch.tensor(box.size, dtype=torch.int64) - 1
-        before, after = (start - low).tolist(), (high - stop).tolist()
-        if any(before) or any(after):
-            data = functional.pad(
-                data, (before[2], after[2], before[1], after[1], before[0], after[0])
-            )
-        scale = (2 / (high - low).clamp(min=1)).to(points.dtype)
-        normalised = (points - low.to(points.dtype)).mul_(scale).sub_(1)
-        grid = normalised.flip(-1).to(torch.float32).unsqueeze(0)  # (1, X, Y, Z, (z, y, x))
-        sampled = functional.grid_sample(
-            data.unsqueeze(0), grid, mode="bilinear", padding_mode="zeros", align_corners=True
-        )[0]
-        if not self.dtype.is_floating_point:
-            sampled = sampled.round_()
-        return sampled.to(self.dtype)
-
-
-def _triple(values: torch.Tensor) -> Triple:
-    x, y, z = (int(value) for value in values.tolist())
-    return (x, y, z)
+    def __call__(self, region: Region) -> torch.Tensor:
+        return self.voxels._evaluate(self.count, region)
 
 
 def _fill_statistic(volume: torch.Tensor, fill: str) -> float:
