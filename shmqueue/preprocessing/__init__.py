@@ -21,6 +21,7 @@ voxels), an anatomical half (``'Left'``, ``'Right'``, ``'Posterior'``, ``'Anteri
 
 from .intensity import Clamp, Mask, RescaleIntensity, ZNormalization
 from .labels import OneHot, RemapLabels, RemoveLabels, SequentialLabels
+from .resample import Resample
 from .spatial import Crop, CropOrPad, EnsureShapeMultiple, Pad, Reorient, ToCanonical, ToOrientation
 
 __all__ = [
@@ -34,6 +35,7 @@ __all__ = [
     "RemapLabels",
     "RemoveLabels",
     "Reorient",
+    "Resample",
     "RescaleIntensity",
     "SequentialLabels",
     "ToCanonical",
