@@ -32,11 +32,14 @@ bench: $(STAMP)
 # stayed. shmqueue gets one too (editable, so it runs this working tree): a library mapped by no
 # process outside the benchmark counts fully in its PSS, as the competitors' do.
 BENCH_VENVS := .bench-venvs
-BENCH_LIBRARIES := shmqueue torchio-1.2.1 torchio-2.0.0a2 monai-1.6
+BENCH_LIBRARIES := shmqueue torchio-1.2.1 torchio-2.0.0a2 monai-1.6 batchgeneratorsv2-0.3.6
 $(BENCH_VENVS)/shmqueue/.installed: PACKAGES := -e .
 $(BENCH_VENVS)/torchio-1.2.1/.installed: PACKAGES := torchio==1.2.1
 $(BENCH_VENVS)/torchio-2.0.0a2/.installed: PACKAGES := --pre torchio==2.0.0a2
 $(BENCH_VENVS)/monai-1.6/.installed: PACKAGES := monai~=1.6.0 nibabel
+# nnU-Net v2's augmentation (scenario f): batchgeneratorsv2's transforms, run in worker processes
+# by batchgenerators' NonDetMultiThreadedAugmenter, as nnU-Net v2 runs them.
+$(BENCH_VENVS)/batchgeneratorsv2-0.3.6/.installed: PACKAGES := batchgeneratorsv2==0.3.6 batchgenerators==0.25.5 nibabel
 
 $(BENCH_VENVS)/%/.installed:
 	test -x $(@D)/bin/python || $(PYTHON) -m venv $(@D)

@@ -2,6 +2,8 @@
 
 Each volume is :func:`shmqueue.phantoms.head_volume`'s head, stored as ``.nii.gz``: it compresses
 about as well as a real T1 scan, so the cost of gzip decompression per subject is realistic.
+Scenarios that sample patches by label (the comparison's augmentation scenario) also read each
+volume's brain mask, a uint8 label map (0 outside the brain, 1 inside) beside it.
 
 Files are named after everything that decides their content (generator version, shape, seed,
 index), written under a temporary name and renamed, so an existing file is always complete and
@@ -18,7 +20,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from shmqueue.phantoms import head_volume
+from shmqueue.phantoms import head_phantom, head_volume
 
 GENERATOR_VERSION = 1
 DATA_ENV = "SHMQUEUE_BENCH_DATA"
@@ -39,6 +41,10 @@ class DatasetSpec:
         x, y, z = self.shape
         return f"head-v{GENERATOR_VERSION}-{x}x{y}x{z}-seed{self.seed}-{index:03d}.nii.gz"
 
+    def label_file_name(self, index: int) -> str:
+        """The brain mask of volume ``index``: :meth:`file_name` with a ``-brain`` suffix."""
+        return self.file_name(index).replace(".nii.gz", "-brain.nii.gz")
+
 
 def data_dir() -> Path:
     """``$SHMQUEUE_BENCH_DATA`` if set, else ``~/.cache/shmqueue-bench``."""
@@ -56,6 +62,27 @@ def ensure_dataset(spec: DatasetSpec, directory: Path | None = None) -> list[Pat
             print(f"generating {path}", file=sys.stderr, flush=True)
             volume = head_volume(spec.shape, np.random.default_rng([spec.seed, index]))
             _write_atomically(volume, path)
+        paths.append(path)
+    return paths
+
+
+def ensure_labels(spec: DatasetSpec, directory: Path | None = None) -> list[Path]:
+    """Paths of the brain masks of the spec's volumes (see :func:`ensure_dataset`), made if missing.
+
+    :func:`~shmqueue.phantoms.head_phantom` draws the same head as
+    :func:`~shmqueue.phantoms.head_volume` from the same generator (it only adds structures that
+    the benchmark volumes do not have), so its labels above 0 are exactly the brain of the volume
+    with the same index: 1 there, 0 elsewhere.
+    """
+    directory = data_dir() if directory is None else directory
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for index in range(spec.num_files):
+        path = directory / spec.label_file_name(index)
+        if not path.exists():
+            print(f"generating {path}", file=sys.stderr, flush=True)
+            _, labels = head_phantom(np.random.default_rng([spec.seed, index]), spec.shape)
+            _write_atomically((labels > 0).astype(np.uint8), path)
         paths.append(path)
     return paths
 

@@ -7,8 +7,8 @@ prints one :class:`Result` as JSON on the last line of stdout. Whatever a librar
 stderr, so stdout carries the result only. The driver samples the runner's process tree from
 outside; the runner times only what the training loop sees.
 
-This module is imported inside every competitor's venv: it needs only the standard library, plus
-numpy and torch (present in every venv) to seed them.
+This module is imported inside every competitor's venv: it needs only the standard library (and
+:mod:`.augmentation`, which does too), plus numpy and torch (present in every venv) to seed them.
 """
 
 from __future__ import annotations
@@ -24,14 +24,21 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from .augmentation import Augmentation
+
 
 @dataclass(frozen=True)
 class Request:
     """One run's settings, the same for every library.
 
-    ``paths`` lists the subjects in order (a file listed twice is two subjects); the transform is
-    a flip of the first spatial axis with ``flip_probability`` and Gaussian noise of ``noise_std``,
-    in each library's own terms.
+    ``paths`` lists the subjects in order (a file listed twice is two subjects). Without
+    ``augmentation`` the transform is a flip of the first spatial axis with ``flip_probability``
+    and Gaussian noise of ``noise_std``, and patches are drawn uniformly, in each library's own
+    terms. With it (scenario f), each subject also has the label map ``label_paths[i]``, the
+    transform is :mod:`~benchmarks.competitors.augmentation`'s realistic pipeline with the
+    variant's probabilities, and patches are centred by label
+    (:data:`~benchmarks.competitors.augmentation.LABEL_PROBABILITIES`). Both fields default to
+    off, so a request written before they existed still reads.
     """
 
     paths: tuple[str, ...]
@@ -45,12 +52,35 @@ class Request:
     seed: int
     flip_probability: float = 0.5
     noise_std: float = 0.1
+    label_paths: tuple[str, ...] = ()
+    augmentation: Augmentation | None = None
 
     @classmethod
     def from_json(cls, text: str) -> Request:
         fields = json.loads(text)
         x, y, z = fields.pop("patch_size")
-        return cls(paths=tuple(fields.pop("paths")), patch_size=(x, y, z), **fields)
+        augmentation = fields.pop("augmentation", None)
+        return cls(
+            paths=tuple(fields.pop("paths")),
+            patch_size=(x, y, z),
+            label_paths=tuple(fields.pop("label_paths", ())),
+            augmentation=None if augmentation is None else Augmentation(**augmentation),
+            **fields,
+        )
+
+    def require_augmentation(self) -> Augmentation:
+        """The realistic augmentation's variant, for a pipeline that needs labels.
+
+        Raises:
+            ValueError: the request has no augmentation, or not one label path per subject.
+        """
+        if self.augmentation is None or len(self.label_paths) != len(self.paths):
+            raise ValueError(
+                "scenario (f)'s pipeline needs an augmentation and one label path per subject;"
+                f" got augmentation={self.augmentation}, {len(self.label_paths)} label paths for"
+                f" {len(self.paths)} subjects"
+            )
+        return self.augmentation
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
