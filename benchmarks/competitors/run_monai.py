@@ -1,38 +1,63 @@
-"""MONAI's patch pipeline: a Dataset that loads and augments volumes, a PatchDataset that cuts
-``patches_per_volume`` random crops from each (RandSpatialCropSamplesd), and a DataLoader whose
-worker processes run both.
+"""MONAI's patch pipelines: a Dataset whose transforms load, augment and crop, and a DataLoader
+whose worker processes run them.
 
-MONAI has no ``max_length`` buffer here: its ``ShuffleBuffer`` over a ``PatchDataset`` delivers
-only ``1 / num_workers`` of the patches with worker processes (MONAI issue #7986: each worker
-shards the patches it already sharded by subject), so the runner leaves it out; batches then mix
-the patches of two or three consecutive subjects of one worker. The subject order is shuffled
-every epoch (a PatchDataset does not shuffle).
+Steady-state scenarios: the Dataset loads and augments volumes, a PatchDataset cuts
+``patches_per_volume`` random crops from each (RandSpatialCropSamplesd). MONAI has no
+``max_length`` buffer here: its ``ShuffleBuffer`` over a ``PatchDataset`` delivers only
+``1 / num_workers`` of the patches with worker processes (MONAI issue #7986: each worker shards
+the patches it already sharded by subject), so the runner leaves it out; batches then mix the
+patches of two or three consecutive subjects of one worker. The subject order is shuffled every
+epoch (a PatchDataset does not shuffle).
+
+Scenario (f): MONAI's tutorials' pattern for label-weighted patches, with lazy resampling on as
+its docs allow. One Compose z-normalises the volume, cuts ``patches_per_volume`` crops centred by
+label (RandCropByLabelClassesd, ``ratios=[1, 1]``) and augments each crop; with
+``Compose(lazy=True)`` the crop and the affine that follows it are one resampling of the original
+volume (so a rotated patch is filled from the volume, not padded), and every later transform
+works on the patch alone. The DataLoader collates the crops of each subject into one batch
+(``list_data_collate``).
 """
 
 from __future__ import annotations
 
+import math
 import random
 from typing import Any
 
 import monai
-from monai.data import DataLoader, Dataset, PatchDataset
+from monai.data import DataLoader, Dataset, PatchDataset, list_data_collate
 from monai.transforms import (
     Compose,
     LoadImaged,
+    NormalizeIntensityd,
+    Rand3DElasticd,
+    RandAdjustContrastd,
+    RandAffined,
+    RandBiasFieldd,
+    RandCropByLabelClassesd,
     RandFlipd,
     RandGaussianNoised,
+    RandGaussianSmoothd,
+    RandScaleIntensityd,
+    RandScaleIntensityFixedMeand,
     RandSpatialCropSamplesd,
 )
 from monai.utils import set_determinism
 
+from . import augmentation as aug
 from .runner import Pipeline, Request, main
 
 KEY = "t1"
+LABEL = "seg"
+ELASTIC_SIGMA = (5.0, 8.0)
+ELASTIC_MAGNITUDE = (100.0, 200.0)
+"""MONAI's Rand3DElasticd draws a dense offset field, smooths it with a Gaussian of sigma in
+ELASTIC_SIGMA voxels and scales it by a magnitude in ELASTIC_MAGNITUDE: the values of MONAI's
+tutorials, a few voxels of displacement. Its cost does not depend on them."""
 
 
-def build(request: Request) -> Pipeline:
-    """MONAI's idiomatic random-patch pipeline over the request's subjects."""
-    set_determinism(seed=request.seed)
+def _flip_and_noise(request: Request) -> Pipeline:
+    """Steady-state scenarios: volumes augmented whole, then cut into random crops."""
     load_and_augment = Compose(
         [
             LoadImaged(KEY, ensure_channel_first=True, image_only=True),
@@ -61,6 +86,115 @@ def build(request: Request) -> Pipeline:
         estimate=lambda: None,
         estimate_label="none: MONAI has no memory estimate",
     )
+
+
+def _realistic_transform(request: Request, variant: aug.Augmentation) -> Compose:
+    """Scenario (f)'s Compose in MONAI's terms, lazy, the crops cut before the augmentation.
+
+    MONAI's RandAffine scales each axis independently (it has no isotropic scaling), by
+    ``1 + U(-0.3, 0.4)``; MONAI's gamma (RandAdjustContrastd) and bias field work on each
+    patch's own intensity range and coordinates.
+    """
+    keys = (KEY, LABEL)
+    interpolation = ("bilinear", "nearest")
+    radians = math.radians(aug.DEGREES)
+    low_scale, high_scale = aug.SCALES
+    return Compose(
+        [
+            LoadImaged(keys, ensure_channel_first=True, image_only=True),
+            NormalizeIntensityd(KEY),
+            RandCropByLabelClassesd(
+                keys,
+                label_key=LABEL,
+                spatial_size=request.patch_size,
+                ratios=[
+                    aug.LABEL_PROBABILITIES[label] for label in sorted(aug.LABEL_PROBABILITIES)
+                ],
+                num_classes=len(aug.LABEL_PROBABILITIES),
+                num_samples=request.patches_per_volume,
+            ),
+            RandAffined(
+                keys,
+                prob=variant.affine,
+                rotate_range=(radians, radians, radians),
+                scale_range=((low_scale - 1, high_scale - 1),) * 3,
+                mode=interpolation,
+                padding_mode="zeros",
+            ),
+            Rand3DElasticd(
+                keys,
+                sigma_range=ELASTIC_SIGMA,
+                magnitude_range=ELASTIC_MAGNITUDE,
+                prob=variant.elastic,
+                mode=interpolation,
+                padding_mode="zeros",
+            ),
+            RandBiasFieldd(
+                KEY,
+                degree=aug.BIAS_ORDER,
+                coeff_range=(-aug.BIAS_COEFFICIENTS, aug.BIAS_COEFFICIENTS),
+                prob=variant.bias_field,
+            ),
+            RandAdjustContrastd(KEY, prob=variant.gamma, gamma=aug.GAMMA),
+            RandGaussianSmoothd(
+                KEY,
+                sigma_x=aug.BLUR_STD,
+                sigma_y=aug.BLUR_STD,
+                sigma_z=aug.BLUR_STD,
+                prob=variant.blur,
+            ),
+            RandGaussianNoised(KEY, prob=variant.noise, mean=0.0, std=aug.NOISE_STD[1]),
+            RandScaleIntensityd(
+                KEY,
+                factors=(aug.BRIGHTNESS[0] - 1, aug.BRIGHTNESS[1] - 1),
+                prob=variant.brightness,
+            ),
+            RandScaleIntensityFixedMeand(
+                KEY,
+                factors=(aug.CONTRAST[0] - 1, aug.CONTRAST[1] - 1),
+                fixed_mean=True,
+                preserve_range=True,
+                prob=variant.contrast,
+            ),
+            *(RandFlipd(keys, prob=aug.FLIP_PROBABILITY, spatial_axis=axis) for axis in range(3)),
+        ],
+        lazy=True,
+        # Lazy resampling takes its interpolation from here, not from the transforms' ``mode``.
+        overrides={
+            KEY: {"mode": "bilinear", "padding_mode": "zeros"},
+            LABEL: {"mode": "nearest", "padding_mode": "zeros"},
+        },
+    )
+
+
+def _realistic(request: Request) -> Pipeline:
+    """Scenario (f): each subject's crops, augmented, collated into batches of whole subjects."""
+    transform = _realistic_transform(request, request.require_augmentation())
+    files = [
+        {KEY: path, LABEL: label}
+        for path, label in zip(request.paths, request.label_paths, strict=True)
+    ]
+    loader = DataLoader(
+        Dataset(files, transform=transform),
+        batch_size=max(1, request.batch_size // request.patches_per_volume),  # in subjects
+        shuffle=True,
+        num_workers=request.num_workers,
+        collate_fn=list_data_collate,
+    )
+    return Pipeline(
+        batches=lambda epoch: loader,
+        patches_in=lambda batch: int(batch[KEY].shape[0]),
+        estimate=lambda: None,
+        estimate_label="none: MONAI has no memory estimate",
+    )
+
+
+def build(request: Request) -> Pipeline:
+    """MONAI's idiomatic patch pipeline for the request's scenario."""
+    set_determinism(seed=request.seed)
+    if request.augmentation is None:
+        return _flip_and_noise(request)
+    return _realistic(request)
 
 
 if __name__ == "__main__":

@@ -1,21 +1,73 @@
-"""shmqueue's pipeline, as its README shows it: Queue with worker processes, SubjectsLoader."""
+"""shmqueue's pipeline, as its README shows it: Queue with worker processes, SubjectsLoader.
+
+For scenario (f) the same Queue runs shmqueue's realistic augmentation (``shmqueue.Affine`` and
+the others of issue 15), which its workers evaluate only where the patches are, and a
+LabelSampler centres the patches.
+"""
 
 from __future__ import annotations
 
+from typing import Any
+
 import shmqueue as sq
 
+from . import augmentation as aug
 from .runner import Pipeline, Request, main
+
+
+def _realistic(variant: aug.Augmentation) -> Any:
+    """Scenario (f)'s Compose in shmqueue's terms (TorchIO 2.0's names and ranges)."""
+    return sq.Compose(
+        [
+            sq.ZNormalization(),
+            sq.Brightness(factor=aug.BRIGHTNESS, p=variant.brightness),
+            sq.Contrast(factor=aug.CONTRAST, p=variant.contrast),
+            sq.Affine(
+                scales=aug.SCALES,
+                degrees=(-aug.DEGREES, aug.DEGREES),
+                isotropic=True,
+                p=variant.affine,
+            ),
+            sq.ElasticDeformation(
+                num_control_points=aug.ELASTIC_CONTROL_POINTS,
+                max_displacement=aug.ELASTIC_MAX_DISPLACEMENT,
+                locked_borders=aug.ELASTIC_LOCKED_BORDERS,
+                p=variant.elastic,
+            ),
+            sq.BiasField(
+                coefficients=aug.BIAS_COEFFICIENTS, order=aug.BIAS_ORDER, p=variant.bias_field
+            ),
+            sq.Gamma(log_gamma=aug.LOG_GAMMA, p=variant.gamma),
+            sq.Blur(std=aug.BLUR_STD, p=variant.blur),
+            sq.Noise(mean=0.0, std=aug.NOISE_STD, p=variant.noise),
+            sq.Flip(axes=(0, 1, 2), flip_probability=aug.FLIP_PROBABILITY),
+        ]
+    )
 
 
 def build(request: Request) -> Pipeline:
     """A :class:`shmqueue.Queue` over the request's subjects, batched by a SubjectsLoader."""
-    subjects = [sq.Subject(t1=sq.ScalarImage(path)) for path in request.paths]
-    transform = sq.Compose(
-        [sq.Flip(axes=(0,), p=request.flip_probability), sq.Noise(std=request.noise_std)]
-    )
+    if request.augmentation is None:
+        subjects = [sq.Subject(t1=sq.ScalarImage(path)) for path in request.paths]
+        transform = sq.Compose(
+            [sq.Flip(axes=(0,), p=request.flip_probability), sq.Noise(std=request.noise_std)]
+        )
+        sampler: sq.PatchSampler = sq.UniformSampler(subjects[0], patch_size=request.patch_size)
+    else:
+        subjects = [
+            sq.Subject(t1=sq.ScalarImage(path), seg=sq.LabelMap(label))
+            for path, label in zip(request.paths, request.label_paths, strict=True)
+        ]
+        transform = _realistic(request.require_augmentation())
+        sampler = sq.LabelSampler(
+            None,
+            request.patch_size,
+            label_name="seg",
+            label_probabilities=aug.LABEL_PROBABILITIES,
+        )
     queue = sq.Queue(
         subjects,
-        patch_sampler=sq.UniformSampler(subjects[0], patch_size=request.patch_size),
+        patch_sampler=sampler,
         max_length=request.max_length,
         patches_per_volume=request.patches_per_volume,
         num_workers=request.num_workers,
