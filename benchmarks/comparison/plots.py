@@ -17,11 +17,16 @@ from matplotlib.axes import Axes
 
 from ..report import MIB, Summary
 from .runs import Run
-from .scenarios import FIRST_BATCH, STEADY, TINY, WORKERS, Scenario
+from .scenarios import AUGMENTATION, FIRST_BATCH, STEADY, TINY, WORKERS, Scenario
 from .tables import Comparison, Metric
 
-COLOURS = ("#1b9e77", "#d95f02", "#7570b3", "#e7298a")
+COLOURS = ("#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e")
 DPI = 110
+
+
+def _short(value: float) -> str:
+    """A bar's label: whole numbers from 10 up, else two significant digits."""
+    return f"{value:.0f}" if value >= 10 else f"{value:.2g}"
 
 
 def _bars(
@@ -32,7 +37,8 @@ def _bars(
     labelled: bool = False,
 ) -> None:
     """Grouped bars: one group per label in ``groups``, one bar per series, min-max whiskers;
-    ``labelled`` writes each bar's median above it (none above an empty bar)."""
+    ``labelled`` writes each bar's median above it (none above an empty bar) with
+    :func:`_short`."""
     width = 0.8 / len(series)
     for number, (name, summaries) in enumerate(series.items()):
         offsets = [group + (number - (len(series) - 1) / 2) * width for group in range(len(groups))]
@@ -51,7 +57,7 @@ def _bars(
             color=COLOURS[number % len(COLOURS)],
         )
         if labelled:
-            labels = [f"{median:.0f}" if median else "" for median in medians]
+            labels = [_short(median) if median else "" for median in medians]
             axes.bar_label(bars, labels=labels, fontsize=7, padding=2)
     axes.set_xticks(range(len(groups)), groups)
     axes.set_ylabel(ylabel)
@@ -59,19 +65,31 @@ def _bars(
 
 
 def _scenario_bars(
-    axes: Axes, comparison: Comparison, scenario: Scenario, metric: Metric, ylabel: str
+    axes: Axes,
+    comparison: Comparison,
+    scenario: Scenario,
+    metric: Metric,
+    ylabel: str,
+    labelled: bool = False,
 ) -> None:
+    """One group of bars per setting of ``scenario``, one bar per library that ran it; a panel
+    saying so if the scenario did not run."""
+    axes.set_title(scenario.title, fontsize=10)
     settings = comparison.settings_of(scenario)
+    if not settings:
+        axes.text(0.5, 0.5, "not run", ha="center", va="center", transform=axes.transAxes)
+        axes.set_axis_off()
+        return
     _bars(
         axes,
         [setting.label for setting in settings],
         {
             library.label: [comparison.summary(setting, library, metric) for setting in settings]
-            for library in comparison.libraries
+            for library in comparison.libraries_for(scenario)
         },
         ylabel,
+        labelled,
     )
-    axes.set_title(scenario.title, fontsize=10)
 
 
 def throughput_figure(comparison: Comparison, path: Path) -> None:
@@ -82,7 +100,7 @@ def throughput_figure(comparison: Comparison, path: Path) -> None:
     _scenario_bars(
         panels[1, 1], comparison, FIRST_BATCH, lambda run: run.first_batch_seconds, "first batch s"
     )
-    panels[0, 0].legend(fontsize=8)
+    next(axes for axes in panels.flat if axes.axison).legend(fontsize=8)
     figure.suptitle("Throughput (higher is better) and first-batch latency (lower is better)")
     figure.tight_layout()
     figure.savefig(path, dpi=DPI)
@@ -98,7 +116,7 @@ def _median_run(runs: Sequence[Run]) -> Run:
 def waits_figure(comparison: Comparison, path: Path) -> None:
     """For each steady-state setting and library, every wait inside ``next()`` over time."""
     settings = comparison.settings_of(STEADY)
-    libraries = comparison.libraries
+    libraries = comparison.libraries_for(STEADY)
     figure, panels = plt.subplots(
         len(libraries),
         len(settings),
@@ -134,7 +152,7 @@ def memory_figure(comparison: Comparison, path: Path) -> None:
     settings = comparison.settings_of(STEADY)
     figure, panels = plt.subplots(1, len(settings), figsize=(6 * len(settings), 4.5), sharey=True)
     for axes, setting in zip(panels, settings):
-        libraries = comparison.libraries
+        libraries = comparison.libraries_of(setting)
         estimates = [
             comparison.runs_of(setting, library)[0].result.estimate_bytes for library in libraries
         ]
@@ -164,14 +182,42 @@ def memory_figure(comparison: Comparison, path: Path) -> None:
     plt.close(figure)
 
 
-def write_figures(comparison: Comparison, directory: Path) -> list[Path]:
-    """Write every figure into ``directory``; their paths."""
-    directory.mkdir(parents=True, exist_ok=True)
-    paths = [
-        directory / "comparison-throughput.png",
-        directory / "comparison-waits.png",
-        directory / "comparison-memory.png",
+def augmentation_figure(comparison: Comparison, path: Path) -> None:
+    """(f): patches/s, CPU ms per patch and peak PSS of every library, per setting."""
+    figure, panels = plt.subplots(3, 1, figsize=(12, 11))
+    metrics: list[tuple[Metric, str, bool]] = [
+        (lambda run: run.patches_per_second, "patches/s (higher is better)", True),
+        (lambda run: 1000 * run.result.cpu_seconds / run.patches, "CPU ms/patch", True),
+        (lambda run: run.peak_pss / MIB, "peak PSS MiB", False),
     ]
-    for draw, path in zip((throughput_figure, waits_figure, memory_figure), paths):
-        draw(comparison, path)
+    for axes, (metric, ylabel, logarithmic) in zip(panels, metrics):
+        _scenario_bars(axes, comparison, AUGMENTATION, metric, ylabel, labelled=True)
+        if logarithmic:
+            axes.set_yscale("log")  # the libraries differ by orders of magnitude
+    panels[0].legend(fontsize=8, ncols=len(comparison.libraries_for(AUGMENTATION)))
+    figure.suptitle(
+        f"{AUGMENTATION.title}: medians, whiskers min-max (CPU ms and MiB: lower is better)"
+    )
+    figure.tight_layout()
+    figure.savefig(path, dpi=DPI)
+    plt.close(figure)
+
+
+FIGURES = (
+    ("comparison-throughput.png", throughput_figure, (STEADY, FIRST_BATCH, WORKERS, TINY)),
+    ("comparison-waits.png", waits_figure, (STEADY,)),
+    ("comparison-memory.png", memory_figure, (STEADY,)),
+    ("comparison-augmentation.png", augmentation_figure, (AUGMENTATION,)),
+)
+"""Each figure's file, how it is drawn, and the scenarios it shows (drawn if any of them ran)."""
+
+
+def write_figures(comparison: Comparison, directory: Path) -> list[Path]:
+    """Write into ``directory`` every figure of the scenarios that ran; their paths."""
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, draw, scenarios in FIGURES:
+        if any(comparison.settings_of(scenario) for scenario in scenarios):
+            draw(comparison, directory / name)
+            paths.append(directory / name)
     return paths

@@ -21,7 +21,7 @@ import psutil
 from shmqueue.tree_memory import TreeMemoryPeaks, TreeMemorySampler
 
 from ..competitors.runner import Result
-from .scenarios import Setting
+from .scenarios import AUGMENTATION, Setting
 
 ROOT = Path(__file__).resolve().parents[2]
 STDERR_LINES = 30  # of a failed runner's stderr, in the error
@@ -29,22 +29,34 @@ STDERR_LINES = 30  # of a failed runner's stderr, in the error
 
 @dataclass(frozen=True)
 class Library:
-    """A library under comparison: its runner module and its venv under ``--venvs``."""
+    """A library under comparison: its runner module, its venv under ``--venvs``, and the
+    scenarios it takes part in (by key; empty: all)."""
 
     key: str
     label: str
     runner: str  # module in benchmarks.competitors
     venv: str  # directory under --venvs
+    scenarios: tuple[str, ...] = ()
 
     def interpreter(self, venvs: Path) -> Path:
         return venvs / self.venv / "bin" / "python"
+
+    def runs(self, setting: Setting) -> bool:
+        return not self.scenarios or setting.scenario.key in self.scenarios
 
 
 SHMQUEUE = Library("shmqueue", "shmqueue", "run_shmqueue", "shmqueue")
 TORCHIO_1 = Library("torchio-1", "TorchIO 1.2.1", "run_torchio1", "torchio-1.2.1")
 TORCHIO_2 = Library("torchio-2", "TorchIO 2.0.0a2", "run_torchio2", "torchio-2.0.0a2")
 MONAI = Library("monai", "MONAI 1.6", "run_monai", "monai-1.6")
-LIBRARIES = (SHMQUEUE, TORCHIO_1, TORCHIO_2, MONAI)
+BGV2 = Library(
+    "bgv2",
+    "batchgeneratorsv2 0.3.6",
+    "run_bgv2",
+    "batchgeneratorsv2-0.3.6",
+    scenarios=(AUGMENTATION.key,),  # nnU-Net's augmentation: a pipeline for (f) only
+)
+LIBRARIES = (SHMQUEUE, TORCHIO_1, TORCHIO_2, MONAI, BGV2)
 
 
 class RunFailed(RuntimeError):
@@ -112,6 +124,11 @@ class Run:
         return self.memory.uss + self.result.reserved_bytes
 
 
+def taking_part(libraries: Sequence[Library], settings: Sequence[Setting]) -> list[Library]:
+    """The libraries that run at least one of ``settings``, in their order."""
+    return [lib for lib in libraries if any(lib.runs(setting) for setting in settings)]
+
+
 def check_venvs(libraries: Sequence[Library], venvs: Path) -> None:
     """Raise SystemExit naming the missing venvs and how to make them."""
     missing = [
@@ -123,9 +140,7 @@ def check_venvs(libraries: Sequence[Library], venvs: Path) -> None:
         )
 
 
-def run_once(
-    library: Library, setting: Setting, paths: Sequence[Path], venvs: Path
-) -> tuple[Result, TreeMemoryPeaks]:
+def run_once(library: Library, setting: Setting, venvs: Path) -> tuple[Result, TreeMemoryPeaks]:
     """Run ``setting`` with ``library`` in a fresh process; its result and its tree's memory.
 
     Raises:
@@ -144,7 +159,7 @@ def run_once(
     try:
         with TreeMemorySampler(child.pid) as sampler:
             output, errors = child.communicate(
-                setting.request(paths).to_json(), timeout=setting.timeout_seconds
+                setting.request().to_json(), timeout=setting.timeout_seconds
             )
     except subprocess.TimeoutExpired:
         _kill_tree(child)
@@ -174,11 +189,11 @@ def _kill_tree(child: subprocess.Popen[str]) -> None:
 def run_all(
     settings: Sequence[Setting],
     libraries: Sequence[Library],
-    paths: Sequence[Path],
     venvs: Path,
     progress: Callable[[str], None],
 ) -> list[Run]:
-    """Every setting with every library, ``setting.repeats`` times, interleaved.
+    """Every setting with every library that takes part in it, ``setting.repeats`` times,
+    interleaved.
 
     Within a repeat each setting runs once per library, back to back, and the libraries' order
     rotates from one repeat to the next, so that load from other processes and drift of the
@@ -191,8 +206,10 @@ def run_all(
             if repeat >= setting.repeats:
                 continue
             for library in order:
+                if not library.runs(setting):
+                    continue
                 started = time.monotonic()
-                result, memory = run_once(library, setting, paths, venvs)
+                result, memory = run_once(library, setting, venvs)
                 run = Run(library, setting, repeat, result, memory)
                 runs.append(run)
                 progress(

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from pathlib import Path
 
+from ..competitors.augmentation import VARIANTS, Augmentation
 from ..competitors.runner import Request
-from ..data import DatasetSpec
+from ..data import DatasetSpec, ensure_dataset, ensure_labels
 
 SEED = 0
 
@@ -38,7 +38,22 @@ TINY = Scenario(
     "Tiny patches (16^3, and 64x64x1 slices of the 3D volumes), 100 per volume, no-op step:"
     " loading is the same as in (a), so the difference is each library's cost per patch.",
 )
-SCENARIOS = (STEADY, FIRST_BATCH, WORKERS, TINY)
+AUGMENTATION = Scenario(
+    "augmentation",
+    "(f) Realistic augmentation",
+    "Throughput, CPU time per patch and memory with the augmentation people train 3D"
+    " segmentation with: z-normalisation, brightness and contrast (multiplicative, as nnU-Net v2"
+    " defines them; after the spatial transforms in MONAI's and nnU-Net's per-patch pipelines),"
+    " then random affine, elastic deformation, bias field, gamma, blur, noise, a flip of each"
+    " axis, and patches centred on background or brain with equal probability;"
+    " one epoch, no-op step. Two variants: nnU-Net v2's default probabilities (rotation and"
+    " scaling 0.2, noise 0.1, blur 0.2, brightness 0.15, contrast 0.15, gamma 0.3, mirroring"
+    " 0.5 per axis) plus elastic deformation at p 0.2 and bias field at p 0.1, which nnU-Net v2"
+    " leaves out (our choice); and every transform at p = 1 (flips still 0.5 per axis).",
+)
+SCENARIOS = (STEADY, FIRST_BATCH, WORKERS, TINY, AUGMENTATION)
+LETTERS = {"a": STEADY, "b": FIRST_BATCH, "c": WORKERS, "d": TINY, "e": STEADY, "f": AUGMENTATION}
+"""``--scenarios`` letters; (e), the memory table, is read from (a)'s runs."""
 
 
 @dataclass(frozen=True)
@@ -58,6 +73,7 @@ class Setting:
     step_seconds: float
     repeats: int
     timeout_seconds: float  # per run; only turns a hang into an error
+    augmentation: Augmentation | None = None  # scenario (f)'s variant: labels and its pipeline
 
     @property
     def key(self) -> str:
@@ -72,10 +88,21 @@ class Setting:
         """Patches per epoch when every subject yields ``patches_per_volume``."""
         return self.num_subjects * self.patches_per_volume
 
-    def request(self, paths: Sequence[Path]) -> Request:
-        """The runners' request: ``paths`` repeated ``listings`` times, as subjects."""
+    def prepare(self) -> None:
+        """Generate the setting's files if missing, before anything is timed."""
+        ensure_dataset(self.dataset)
+        if self.augmentation is not None:
+            ensure_labels(self.dataset)
+
+    def request(self) -> Request:
+        """The runners' request: the dataset's files repeated ``listings`` times, as subjects,
+        each with its brain mask when the setting augments by label."""
+        paths = ensure_dataset(self.dataset)
+        labels = ensure_labels(self.dataset) if self.augmentation is not None else []
         return Request(
             paths=tuple(str(path) for _ in range(self.listings) for path in paths),
+            label_paths=tuple(str(path) for _ in range(self.listings) for path in labels),
+            augmentation=self.augmentation,
             patch_size=self.patch_size,
             patches_per_volume=self.patches_per_volume,
             max_length=self.max_length,
@@ -89,12 +116,14 @@ class Setting:
     def describe(self) -> str:
         x, y, z = self.dataset.shape
         px, py, pz = self.patch_size
+        labels = " and their uint8 brain masks" if self.augmentation is not None else ""
+        variant = "" if self.augmentation is None else f", {self.augmentation.describe()}"
         return (
             f"{self.num_subjects} subjects ({self.dataset.num_files} int16 {x}x{y}x{z} .nii.gz"
-            f" files, each listed {self.listings}x), patch {px}x{py}x{pz},"
+            f" files{labels}, each listed {self.listings}x), patch {px}x{py}x{pz},"
             f" patches_per_volume {self.patches_per_volume}, max_length {self.max_length},"
             f" batch {self.batch_size}, {self.num_workers} worker(s), {self.epochs} epoch(s),"
-            f" step {self.step_seconds:g} s, {self.repeats} repeat(s)"
+            f" step {self.step_seconds:g} s, {self.repeats} repeat(s){variant}"
         )
 
 
@@ -110,6 +139,8 @@ class Scale:
     tiny_max_length: int
     repeats: dict[str, int]  # by scenario key
     timeout_seconds: float
+    augmentation_patches: tuple[tuple[int, int], ...]  # (f): (cubic edge, patches_per_volume)
+    augmentation_subjects: dict[str, int]  # (f): subjects per run, by variant name
 
 
 FULL = Scale(
@@ -119,8 +150,12 @@ FULL = Scale(
     tiny=16,
     tiny_patches_per_volume=100,
     tiny_max_length=300,
-    repeats={"steady": 3, "first-batch": 3, "workers": 3, "tiny": 3},
+    repeats={"steady": 3, "first-batch": 3, "workers": 3, "tiny": 3, "augmentation": 3},
     timeout_seconds=900.0,
+    augmentation_patches=((64, 10), (128, 2)),
+    # TorchIO 1.2.1 needs 10-15 s of CPU per subject with every transform at p = 1: few
+    # subjects there; more where most transforms are skipped, so that the draws average out.
+    augmentation_subjects={"nnU-Net p": 16, "all p = 1": 4},
 )
 QUICK = Scale(
     dataset=DatasetSpec(num_files=4, shape=(64, 64, 64)),
@@ -129,17 +164,23 @@ QUICK = Scale(
     tiny=8,
     tiny_patches_per_volume=20,
     tiny_max_length=40,
-    repeats={"steady": 1, "first-batch": 1, "workers": 1, "tiny": 1},
+    repeats={"steady": 1, "first-batch": 1, "workers": 1, "tiny": 1, "augmentation": 1},
     timeout_seconds=300.0,
+    augmentation_patches=((16, 10), (32, 2)),
+    augmentation_subjects={"nnU-Net p": 2, "all p = 1": 2},
 )
 
 
-def settings(scale: Scale) -> list[Setting]:
-    """Every setting of every scenario at ``scale``, in the order they run within a repeat.
+def settings(scale: Scale, scenarios: Sequence[Scenario] = SCENARIOS) -> list[Setting]:
+    """Every setting of ``scenarios`` at ``scale``, in the order they run within a repeat.
 
     The steady state lists each file twice and runs 2 epochs; the other scenarios list each file
-    once and run one epoch with a no-op step, to keep the whole comparison under 30 minutes.
+    once and run one epoch with a no-op step, to keep (a)-(e) under 30 minutes and (f) under 15.
     """
+    return [setting for setting in _all_settings(scale) if setting.scenario in scenarios]
+
+
+def _all_settings(scale: Scale) -> list[Setting]:
     edge = scale.patch
     steady = Setting(
         scenario=STEADY,
@@ -186,4 +227,34 @@ def settings(scale: Scale) -> list[Setting]:
         ),
         replace(tiny, label=f"{scale.tiny}^3", patch_size=(scale.tiny,) * 3),
         replace(tiny, label=f"{edge}x{edge}x1", patch_size=(edge, edge, 1)),
+        *_augmentation_settings(scale),
+    ]
+
+
+def _augmentation_settings(scale: Scale) -> list[Setting]:
+    """(f): each variant with each patch size, on the first files of the steady state's data.
+
+    A batch is one subject's patches (what MONAI's and nnU-Net's loaders yield) and the queues
+    hold four subjects' worth, so every library works on whole subjects from the start; with one
+    epoch on two workers busy throughout, patches/s over the run is the steady rate.
+    """
+    return [
+        Setting(
+            scenario=AUGMENTATION,
+            label=f"{variant.name}, {edge}^3",
+            dataset=replace(scale.dataset, num_files=scale.augmentation_subjects[variant.name]),
+            listings=1,
+            patch_size=(edge, edge, edge),
+            patches_per_volume=patches_per_volume,
+            max_length=4 * patches_per_volume,
+            batch_size=patches_per_volume,
+            epochs=1,
+            num_workers=2,
+            step_seconds=0.0,
+            repeats=scale.repeats[AUGMENTATION.key],
+            timeout_seconds=scale.timeout_seconds,
+            augmentation=variant,
+        )
+        for variant in VARIANTS
+        for edge, patches_per_volume in scale.augmentation_patches
     ]

@@ -10,8 +10,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from ..report import MIB, Summary, ratio
-from .runs import SHMQUEUE, TORCHIO_1, TORCHIO_2, Library, Run
-from .scenarios import STEADY, Scenario, Setting
+from .runs import BGV2, MONAI, SHMQUEUE, TORCHIO_1, TORCHIO_2, Library, Run
+from .scenarios import AUGMENTATION, STEADY, Scenario, Setting
 
 Table = tuple[list[str], list[list[str]]]
 Metric = Callable[[Run], float]
@@ -20,6 +20,8 @@ SPEEDUP_NO_OP = 1.7
 SPEEDUP_STEP = 2.0
 MEMORY_SHARE = 0.5
 ESTIMATE_ERROR = 0.25
+AUGMENTATION_SPEEDUPS = ((TORCHIO_1, 10.0), (MONAI, 5.0), (BGV2, 1.5))
+"""(f): shmqueue's patches/s at least this many times each library's."""
 
 
 def _patches_per_second(run: Run) -> float:
@@ -74,6 +76,15 @@ class Comparison:
     def settings_of(self, scenario: Scenario) -> list[Setting]:
         return [setting for setting in self.settings if setting.scenario == scenario]
 
+    def libraries_of(self, setting: Setting) -> list[Library]:
+        """The libraries that ran ``setting``, in the comparison's order."""
+        return [library for library in self.libraries if library.runs(setting)]
+
+    def libraries_for(self, scenario: Scenario) -> list[Library]:
+        """The libraries that ran any of the scenario's settings."""
+        settings = self.settings_of(scenario)
+        return [lib for lib in self.libraries if any(lib.runs(setting) for setting in settings)]
+
     # Tables ------------------------------------------------------------------------------------
 
     def scenario_table(self, scenario: Scenario) -> Table:
@@ -97,7 +108,7 @@ class Comparison:
         ]
         rows = []
         for setting in settings:
-            for library in self.libraries:
+            for library in self.libraries_of(setting):
                 runs = self.runs_of(setting, library)
                 first = runs[0]
                 epochs = [
@@ -142,7 +153,7 @@ class Comparison:
         ]
         rows = []
         for setting in self.settings_of(STEADY):
-            for library in self.libraries:
+            for library in self.libraries_of(setting):
                 estimate = self.runs_of(setting, library)[0].result.estimate_bytes
                 pss = self.median(setting, library, _peak_pss)
                 rows.append(
@@ -168,7 +179,7 @@ class Comparison:
         headers += ["CPU ms/patch", "shmqueue ÷", "peak PSS MiB", "shmqueue ÷"]
         rows = []
         no_op = steady[0]
-        for library in self.libraries:
+        for library in self.libraries_of(no_op):
             row = [library.label]
             for setting in steady:
                 row += [
@@ -184,10 +195,96 @@ class Comparison:
             rows.append(row)
         return headers, rows
 
+    def augmentation_table(self) -> Table:
+        """(f): throughput, CPU time per patch and peak memory of every library per setting,
+        each with its ``shmqueue ÷`` ratio."""
+        headers = [
+            "setting",
+            "library",
+            "patches/s",
+            "shmqueue ÷",
+            "CPU ms/patch",
+            "shmqueue ÷",
+            "first batch s",
+            "patches/epoch",
+            "peak PSS MiB",
+            "shmqueue ÷",
+        ]
+        rows = []
+        for setting in self.settings_of(AUGMENTATION):
+            for library in self.libraries_of(setting):
+                first = self.runs_of(setting, library)[0]
+                rows.append(
+                    [
+                        setting.label,
+                        library.label,
+                        self.summary(setting, library, _patches_per_second).format(2),
+                        self.versus(setting, library, _patches_per_second),
+                        self.summary(setting, library, _cpu_ms_per_patch).format(0),
+                        self.versus(setting, library, _cpu_ms_per_patch),
+                        self.summary(setting, library, lambda run: run.first_batch_seconds).format(
+                            1
+                        ),
+                        _counts(first.result.epoch_patches, setting.expected_patches),
+                        self.summary(setting, library, lambda run: run.peak_pss / MIB).format(0),
+                        self.versus(setting, library, _peak_pss),
+                    ]
+                )
+        return headers, rows
+
     # Targets -----------------------------------------------------------------------------------
 
     def verdicts(self) -> list[Verdict]:
-        """The issue's targets for the steady state, each met or missed, with the numbers."""
+        """The issue's targets for the scenarios that ran, each met or missed, with numbers."""
+        return self._steady_verdicts() + self._augmentation_verdicts()
+
+    def _augmentation_verdicts(self) -> list[Verdict]:
+        """(f): patches/s against TorchIO 1.2.1, MONAI and batchgeneratorsv2, and peak PSS
+        against TorchIO 1.2.1's, per setting; a miss says by how much, and the CPU time per
+        patch says how much of it is work rather than waiting."""
+        verdicts = []
+        for setting in self.settings_of(AUGMENTATION):
+            ran = self.libraries_of(setting)
+            if SHMQUEUE not in ran:
+                continue
+            ours = self.median(setting, SHMQUEUE, _patches_per_second)
+            for library, goal in AUGMENTATION_SPEEDUPS:
+                if library not in ran:
+                    continue
+                theirs = self.median(setting, library, _patches_per_second)
+                speedup = ours / theirs
+                cpu = self.versus(setting, library, _cpu_ms_per_patch)
+                value = (
+                    f"{speedup:.2f}x ({ours:.2f} vs {theirs:.2f} patches/s; CPU per patch:"
+                    f" {cpu} of {library.label}'s)"
+                )
+                if speedup < goal:
+                    value += (
+                        f"; missed by {goal / speedup:.2f}x: {goal:g}x needs"
+                        f" {goal * theirs:.2f} patches/s"
+                    )
+                verdicts.append(
+                    Verdict(
+                        f"patches/s >= {goal:g}x {library.label}'s, {setting.label}",
+                        value,
+                        speedup >= goal,
+                    )
+                )
+            if TORCHIO_1 in ran:
+                pss = self.median(setting, SHMQUEUE, _peak_pss)
+                theirs = self.median(setting, TORCHIO_1, _peak_pss)
+                value = f"{pss / theirs:.2f}x ({pss / MIB:.0f} vs {theirs / MIB:.0f} MiB)"
+                if pss > theirs:
+                    value += f"; over by {(pss - theirs) / MIB:.0f} MiB ({pss / theirs - 1:+.0%})"
+                verdicts.append(
+                    Verdict(
+                        f"peak PSS <= {TORCHIO_1.label}'s, {setting.label}", value, pss <= theirs
+                    )
+                )
+        return verdicts
+
+    def _steady_verdicts(self) -> list[Verdict]:
+        """The steady state's targets: throughput against TorchIO, memory, the estimate."""
         verdicts = []
         for setting in self.settings_of(STEADY):
             goal = SPEEDUP_STEP if setting.step_seconds else SPEEDUP_NO_OP
