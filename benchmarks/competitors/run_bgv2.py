@@ -179,19 +179,18 @@ def _crop(volume: np.ndarray, lower: Sequence[int], size: Sequence[int], fill: f
     return region
 
 
-def _centre(labels: np.ndarray, label: int, patch_size: Sequence[int]) -> tuple[int, ...]:
-    """A random voxel of ``label`` around which the whole patch fits in the volume.
+def _centre(labels: np.ndarray, label: int) -> tuple[int, ...]:
+    """A random voxel of ``label``, anywhere in the volume: as nnU-Net v2 does, the patch may
+    reach past the volume's border, where it is padded (:func:`_crop`).
 
     Raises:
         RuntimeError: no such voxel turned up in CENTRE_TRIES tries.
     """
-    low = [size // 2 for size in patch_size]
-    high = [extent - (size - size // 2) for extent, size in zip(labels.shape, patch_size)]
     for _ in range(CENTRE_TRIES):
-        voxel = tuple(int(np.random.randint(start, stop + 1)) for start, stop in zip(low, high))
+        voxel = tuple(int(np.random.randint(0, extent)) for extent in labels.shape)
         if labels[voxel] == label:
             return voxel
-    raise RuntimeError(f"no voxel of label {label} can centre a patch of {tuple(patch_size)}")
+    raise RuntimeError(f"no voxel of label {label} turned up in {CENTRE_TRIES} tries")
 
 
 class _SubjectPatches(DataLoader):  # type: ignore[misc]
@@ -246,7 +245,7 @@ class _SubjectPatches(DataLoader):  # type: ignore[misc]
                     label = self.label_choices[
                         np.random.choice(len(self.label_choices), p=self.label_weights)
                     ]
-                    centre = _centre(labels, label, self.patch_size)
+                    centre = _centre(labels, label)
                     lower = [c - size // 2 for c, size in zip(centre, self.region_size)]
                     augmented = self.transform(
                         image=torch.from_numpy(_crop(image, lower, self.region_size, 0.0))[None],
