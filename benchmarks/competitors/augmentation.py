@@ -1,17 +1,20 @@
 """Scenario (f)'s realistic augmentation: the transforms' ranges, and each variant's probabilities.
 
-Every runner builds the same pipeline from these numbers in its own library's terms: first
-z-normalisation (deterministic preprocessing), multiplicative brightness and contrast (as nnU-Net
-v2 defines both), then a random affine (rotation about each axis and isotropic scaling), an
-elastic deformation, a bias field, gamma, Gaussian blur, Gaussian noise, and a flip of each axis
-with probability 0.5; patches are centred on background and brain with equal probability.
+Every runner builds the same pipeline from these numbers in its own library's terms, in the
+same order: z-normalisation (deterministic preprocessing), multiplicative brightness and contrast
+(as nnU-Net v2 defines both), then a random affine (rotation about each axis and isotropic
+scaling), an elastic deformation, a bias field, gamma, Gaussian blur, Gaussian noise, and a flip
+of each axis with probability 0.5; patches are centred on background and brain with equal
+probability.
 
-Brightness and contrast come before the spatial transforms in the libraries that augment whole
-volumes (shmqueue, TorchIO 1.2.1 and 2.0.0a2), where the order costs nothing: contrast uses the
-whole image's mean and range, and after a resampling shmqueue would have to compute the whole
-resampled image once per subject for them. MONAI (which crops first and augments each patch) and
-batchgeneratorsv2 (which augments each patch after its SpatialTransform) keep nnU-Net's order,
-with the patch's statistics, as their own pipelines run it. The
+Brightness and contrast come right after z-normalisation, before the spatial transforms, in every
+library (nnU-Net v2 applies them after its spatial transform). Contrast is
+``(x - mean) * factor + mean`` clipped to the old range, so it needs statistics of its whole
+input: shmqueue evaluates the augmentations only at the patches, and after a resampling it would
+have to compute the whole resampled volume once per subject just for the mean and the range;
+right after the z-normalisation the statistics are those of a volume the worker holds anyway.
+Every library applies the two in that place, on the whole z-normalised volume, with parameters
+drawn once per subject, so they all run one pipeline and pay for it in their own way. The
 ranges are nnU-Net v2's defaults where nnU-Net has the transform, TorchIO's otherwise; where a
 library cannot express a range exactly, its runner's docstring says what it uses instead.
 

@@ -18,8 +18,14 @@ Where this differs from nnU-Net, for the comparison's sake:
   z-normalises it (nnU-Net's ZScoreNormalization, done here instead of in preprocessing) and cuts
   all ``patches_per_volume`` patches from it. A batch is the patches of ``batch_size //
   patches_per_volume`` subjects; each worker walks its share of the subjects in a shuffled order.
-- Patch centres: background or brain with equal probability (a random voxel of that label, the
-  patch kept inside the volume) instead of nnU-Net's 33 % forced foreground.
+- Patch centres: background or brain with equal probability instead of nnU-Net's 33 % forced
+  foreground; as in nnU-Net, a random voxel of that label anywhere in the volume, the region
+  padded where it reaches past the border.
+- Brightness and contrast run once per subject, on the whole z-normalised volume, before the
+  regions are cut, where nnU-Net runs them on each patch after ``SpatialTransform``: the order
+  every library follows here (:mod:`.augmentation` says why). They are bgv2's own
+  ``MultiplicativeBrightnessTransform`` and ``ContrastTransform``, in a ``ComposeTransforms`` of
+  their own.
 - Probabilities and ranges are the comparison's (:mod:`.augmentation`); rotation and scaling
   keep nnU-Net's separate probabilities (each the variant's affine p), so more patches are
   resampled than with one affine p. Blur applies to every channel (nnU-Net: p 0.5 per channel).
@@ -72,9 +78,35 @@ class _BiasField(ImageOnlyTransform):
         return img * bias_field(tuple(img.shape[1:]))
 
 
-def _transforms(patch_size: Sequence[int], variant: aug.Augmentation) -> BasicTransform:
-    """nnU-Net v2's ``get_training_transforms`` with the comparison's transforms and
-    probabilities, in the comparison's order."""
+def _volume_transforms(variant: aug.Augmentation) -> BasicTransform:
+    """Brightness and contrast, for the whole z-normalised volume (:mod:`.augmentation` says
+    why they come before the spatial transforms)."""
+    return ComposeTransforms(
+        [
+            RandomTransform(
+                MultiplicativeBrightnessTransform(
+                    multiplier_range=BGContrast(aug.BRIGHTNESS),
+                    synchronize_channels=False,
+                    p_per_channel=1,
+                ),
+                apply_probability=variant.brightness,
+            ),
+            RandomTransform(
+                ContrastTransform(
+                    contrast_range=BGContrast(aug.CONTRAST),
+                    preserve_range=True,
+                    synchronize_channels=False,
+                    p_per_channel=1,
+                ),
+                apply_probability=variant.contrast,
+            ),
+        ]
+    )
+
+
+def _patch_transforms(patch_size: Sequence[int], variant: aug.Augmentation) -> BasicTransform:
+    """nnU-Net v2's ``get_training_transforms`` from ``SpatialTransform`` on, with the
+    comparison's transforms and probabilities, in the comparison's order."""
     radians = math.radians(aug.DEGREES)
     return ComposeTransforms(
         [
@@ -121,23 +153,6 @@ def _transforms(patch_size: Sequence[int], variant: aug.Augmentation) -> BasicTr
                     synchronize_channels=True,
                 ),
                 apply_probability=variant.noise,
-            ),
-            RandomTransform(
-                MultiplicativeBrightnessTransform(
-                    multiplier_range=BGContrast(aug.BRIGHTNESS),
-                    synchronize_channels=False,
-                    p_per_channel=1,
-                ),
-                apply_probability=variant.brightness,
-            ),
-            RandomTransform(
-                ContrastTransform(
-                    contrast_range=BGContrast(aug.CONTRAST),
-                    preserve_range=True,
-                    synchronize_channels=False,
-                    p_per_channel=1,
-                ),
-                apply_probability=variant.contrast,
             ),
             MirrorTransform(allowed_axes=(0, 1, 2)),
             RemoveLabelTansform(PAD_LABEL, 0),
@@ -217,7 +232,8 @@ class _SubjectPatches(DataLoader):  # type: ignore[misc]
         self.patches_per_volume = request.patches_per_volume
         self.subjects_per_batch = subjects_per_batch
         self.region_size = enlarged_size(request.patch_size)
-        self.transform = _transforms(request.patch_size, variant)
+        self.volume_transform = _volume_transforms(variant)
+        self.patch_transform = _patch_transforms(request.patch_size, variant)
         weights = np.asarray(list(aug.LABEL_PROBABILITIES.values()), dtype=np.float64)
         self.label_choices = list(aug.LABEL_PROBABILITIES)
         self.label_weights = weights / weights.sum()
@@ -241,13 +257,15 @@ class _SubjectPatches(DataLoader):  # type: ignore[misc]
                 labels = np.asarray(nib.load(label_path).dataobj, dtype=np.int16)
                 image -= image.mean()
                 image /= max(float(image.std()), 1e-8)
+                volume = self.volume_transform(image=torch.from_numpy(image)[None])["image"]
+                image = volume[0].numpy()
                 for _ in range(self.patches_per_volume):
                     label = self.label_choices[
                         np.random.choice(len(self.label_choices), p=self.label_weights)
                     ]
                     centre = _centre(labels, label)
                     lower = [c - size // 2 for c, size in zip(centre, self.region_size)]
-                    augmented = self.transform(
+                    augmented = self.patch_transform(
                         image=torch.from_numpy(_crop(image, lower, self.region_size, 0.0))[None],
                         segmentation=torch.from_numpy(
                             _crop(labels, lower, self.region_size, PAD_LABEL)

@@ -10,12 +10,14 @@ patches of two or three consecutive subjects of one worker. The subject order is
 epoch (a PatchDataset does not shuffle).
 
 Scenario (f): MONAI's tutorials' pattern for label-weighted patches, with lazy resampling on as
-its docs allow. One Compose z-normalises the volume, cuts ``patches_per_volume`` crops centred by
-label (RandCropByLabelClassesd, ``ratios=[1, 1]``) and augments each crop; with
-``Compose(lazy=True)`` the crop and the affine that follows it are one resampling of the original
-volume (so a rotated patch is filled from the volume, not padded), and every later transform
-works on the patch alone. The DataLoader collates the crops of each subject into one batch
-(``list_data_collate``).
+its docs allow. One Compose z-normalises the volume, scales its brightness and contrast (on the
+whole volume, before the spatial transforms, as every library here does: see
+:mod:`.augmentation`), cuts ``patches_per_volume`` crops centred by label
+(RandCropByLabelClassesd, ``ratios=[1, 1]``) and augments each crop; with ``Compose(lazy=True)``
+the crop and the affine that follows it are one resampling of the original volume (so a rotated
+patch is filled from the volume, not padded), in float32 (``overrides``; lazy resampling
+defaults to float64), and every later transform works on the patch alone. The DataLoader
+collates the crops of each subject into one batch (``list_data_collate``).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import random
 from typing import Any
 
 import monai
+import torch
 from monai.data import DataLoader, Dataset, PatchDataset, list_data_collate
 from monai.transforms import (
     Compose,
@@ -89,11 +92,14 @@ def _flip_and_noise(request: Request) -> Pipeline:
 
 
 def _realistic_transform(request: Request, variant: aug.Augmentation) -> Compose:
-    """Scenario (f)'s Compose in MONAI's terms, lazy, the crops cut before the augmentation.
+    """Scenario (f)'s Compose in MONAI's terms, lazy, the crops cut before the spatial
+    augmentation.
 
     MONAI's RandAffine scales each axis independently (it has no isotropic scaling), by
     ``1 + U(-0.3, 0.4)``; MONAI's gamma (RandAdjustContrastd) and bias field work on each
-    patch's own intensity range and coordinates.
+    patch's own intensity range and coordinates. RandCropByLabelClassesd centres a crop on any
+    voxel of the chosen label and shifts it inside the volume where it would reach past the
+    border.
     """
     keys = (KEY, LABEL)
     interpolation = ("bilinear", "nearest")
@@ -103,6 +109,18 @@ def _realistic_transform(request: Request, variant: aug.Augmentation) -> Compose
         [
             LoadImaged(keys, ensure_channel_first=True, image_only=True),
             NormalizeIntensityd(KEY),
+            RandScaleIntensityd(
+                KEY,
+                factors=(aug.BRIGHTNESS[0] - 1, aug.BRIGHTNESS[1] - 1),
+                prob=variant.brightness,
+            ),
+            RandScaleIntensityFixedMeand(
+                KEY,
+                factors=(aug.CONTRAST[0] - 1, aug.CONTRAST[1] - 1),
+                fixed_mean=True,
+                preserve_range=True,
+                prob=variant.contrast,
+            ),
             RandCropByLabelClassesd(
                 keys,
                 label_key=LABEL,
@@ -144,25 +162,14 @@ def _realistic_transform(request: Request, variant: aug.Augmentation) -> Compose
                 prob=variant.blur,
             ),
             RandGaussianNoised(KEY, prob=variant.noise, mean=0.0, std=aug.NOISE_STD[1]),
-            RandScaleIntensityd(
-                KEY,
-                factors=(aug.BRIGHTNESS[0] - 1, aug.BRIGHTNESS[1] - 1),
-                prob=variant.brightness,
-            ),
-            RandScaleIntensityFixedMeand(
-                KEY,
-                factors=(aug.CONTRAST[0] - 1, aug.CONTRAST[1] - 1),
-                fixed_mean=True,
-                preserve_range=True,
-                prob=variant.contrast,
-            ),
             *(RandFlipd(keys, prob=aug.FLIP_PROBABILITY, spatial_axis=axis) for axis in range(3)),
         ],
         lazy=True,
-        # Lazy resampling takes its interpolation from here, not from the transforms' ``mode``.
+        # Lazy resampling takes its interpolation from here, not from the transforms' ``mode``,
+        # and computes in float64 unless told otherwise.
         overrides={
-            KEY: {"mode": "bilinear", "padding_mode": "zeros"},
-            LABEL: {"mode": "nearest", "padding_mode": "zeros"},
+            KEY: {"mode": "bilinear", "padding_mode": "zeros", "dtype": torch.float32},
+            LABEL: {"mode": "nearest", "padding_mode": "zeros", "dtype": torch.float32},
         },
     )
 
