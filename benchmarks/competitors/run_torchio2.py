@@ -18,7 +18,8 @@ def _spatial(variant: aug.Augmentation) -> list[tio.Transform]:
     """The affine and the elastic deformation; one fused ``tio.Spatial`` (one resampling of the
     volume, TorchIO 2.0's documented way to combine them) when both always apply, else one
     ``Affine`` and one ``ElasticDeformation``, each with its own probability."""
-    affine = {"scales": aug.SCALES, "degrees": aug.DEGREES, "isotropic": True}
+    # A single number would be a fixed angle in TorchIO 2.0 (in 1.x, a range about 0).
+    affine = {"scales": aug.SCALES, "degrees": (-aug.DEGREES, aug.DEGREES), "isotropic": True}
     elastic = {
         "num_control_points": aug.ELASTIC_CONTROL_POINTS,
         "max_displacement": aug.ELASTIC_MAX_DISPLACEMENT,
