@@ -185,20 +185,30 @@ def memory_figure(comparison: Comparison, path: Path) -> None:
 def augmentation_figure(comparison: Comparison, path: Path) -> None:
     """(f): patches/s, CPU ms per patch and peak PSS of every library, per setting."""
     figure, panels = plt.subplots(3, 1, figsize=(12, 11))
-    metrics: list[tuple[Metric, str, bool]] = [
-        (lambda run: run.patches_per_second, "patches/s (higher is better)", True),
-        (lambda run: 1000 * run.result.cpu_seconds / run.patches, "CPU ms/patch", True),
-        (lambda run: run.peak_pss / MIB, "peak PSS MiB", False),
+    metrics: list[tuple[Metric, str, str, bool]] = [
+        (lambda run: run.patches_per_second, "patches/s", "higher", True),
+        (lambda run: 1000 * run.result.cpu_seconds / run.patches, "CPU ms/patch", "lower", True),
+        (lambda run: run.peak_pss / MIB, "peak PSS MiB", "lower", False),
     ]
-    for axes, (metric, ylabel, logarithmic) in zip(panels, metrics):
+    for axes, (metric, ylabel, better, logarithmic) in zip(panels, metrics):
         _scenario_bars(axes, comparison, AUGMENTATION, metric, ylabel, labelled=True)
+        axes.set_title(f"{ylabel} ({better} is better)", fontsize=10)
         if logarithmic:
             axes.set_yscale("log")  # the libraries differ by orders of magnitude
-    panels[0].legend(fontsize=8, ncols=len(comparison.libraries_for(AUGMENTATION)))
-    figure.suptitle(
-        f"{AUGMENTATION.title}: medians, whiskers min-max (CPU ms and MiB: lower is better)"
+            low, high = axes.get_ylim()
+            axes.set_ylim(low, high * 1.6)  # room for the labels above the tallest bars
+    handles, labels = panels[0].get_legend_handles_labels()
+    # Above the panels, where it hides no bar.
+    figure.legend(
+        handles,
+        labels,
+        loc="upper center",
+        ncols=len(labels),
+        fontsize=8,
+        bbox_to_anchor=(0.5, 0.965),
     )
-    figure.tight_layout()
+    figure.suptitle(f"{AUGMENTATION.title}: medians, whiskers min-max")
+    figure.tight_layout(rect=(0, 0, 1, 0.95))
     figure.savefig(path, dpi=DPI)
     plt.close(figure)
 
