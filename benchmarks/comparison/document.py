@@ -119,7 +119,9 @@ AUGMENTATION_METHOD = (
     "With nnU-Net's probabilities each library draws its own parameters, so the costly"
     " transforms (elastic deformation, bias field) fall on different subjects in each library;"
     " the runs with these probabilities have four times the subjects of those at p = 1 to"
-    " average that out, but a library's rate can still move with its draws.",
+    " average that out, but a library's rate can still move with its draws. The seed is fixed,"
+    " so a library's repeats draw the same parameters (but for TorchIO 2.0.0a2, whose threads"
+    " share one generator): the spread of its repeats is mostly the machine's.",
 )
 
 PROCESSES = (

@@ -51,7 +51,11 @@ CONTRAST = (0.75, 1.25)
 FLIP_PROBABILITY = 0.5
 """Each spatial axis is flipped independently with this probability (nnU-Net's mirroring)."""
 LABEL_PROBABILITIES = {0: 1.0, 1: 1.0}
-"""Patch centres: a background voxel or a brain voxel, with equal probability."""
+"""Patch centres: a background voxel or a brain voxel, with equal probability.
+
+shmqueue and TorchIO draw only centres around which the patch fits in the volume (at 128^3 in
+these heads, brain voxels only); MONAI shifts a crop that would leave the volume back inside it;
+batchgeneratorsv2, as nnU-Net, pads the part that leaves it."""
 
 
 @dataclass(frozen=True)
