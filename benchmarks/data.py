@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,17 +54,7 @@ def data_dir() -> Path:
 
 def ensure_dataset(spec: DatasetSpec, directory: Path | None = None) -> list[Path]:
     """Paths of the spec's volumes in ``directory`` (default :func:`data_dir`), made if missing."""
-    directory = data_dir() if directory is None else directory
-    directory.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for index in range(spec.num_files):
-        path = directory / spec.file_name(index)
-        if not path.exists():
-            print(f"generating {path}", file=sys.stderr, flush=True)
-            volume = head_volume(spec.shape, np.random.default_rng([spec.seed, index]))
-            _write_atomically(volume, path)
-        paths.append(path)
-    return paths
+    return _ensure_files(spec, directory, spec.file_name, lambda rng: head_volume(spec.shape, rng))
 
 
 def ensure_labels(spec: DatasetSpec, directory: Path | None = None) -> list[Path]:
@@ -74,15 +65,30 @@ def ensure_labels(spec: DatasetSpec, directory: Path | None = None) -> list[Path
     the benchmark volumes do not have), so its labels above 0 are exactly the brain of the volume
     with the same index: 1 there, 0 elsewhere.
     """
+
+    def brain(rng: np.random.Generator) -> np.ndarray:
+        _, labels = head_phantom(rng, spec.shape)
+        return (labels > 0).astype(np.uint8)
+
+    return _ensure_files(spec, directory, spec.label_file_name, brain)
+
+
+def _ensure_files(
+    spec: DatasetSpec,
+    directory: Path | None,
+    name: Callable[[int], str],
+    make: Callable[[np.random.Generator], np.ndarray],
+) -> list[Path]:
+    """``directory / name(index)`` for each of the spec's indices, written from ``make`` (given
+    the index's generator) where missing."""
     directory = data_dir() if directory is None else directory
     directory.mkdir(parents=True, exist_ok=True)
     paths = []
     for index in range(spec.num_files):
-        path = directory / spec.label_file_name(index)
+        path = directory / name(index)
         if not path.exists():
             print(f"generating {path}", file=sys.stderr, flush=True)
-            _, labels = head_phantom(np.random.default_rng([spec.seed, index]), spec.shape)
-            _write_atomically((labels > 0).astype(np.uint8), path)
+            _write_atomically(make(np.random.default_rng([spec.seed, index])), path)
         paths.append(path)
     return paths
 
