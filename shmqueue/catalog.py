@@ -10,9 +10,11 @@ the testing harness read it instead of the subjects' headers.
 What the patches are drawn from is the subject after the transform, so the catalog predicts it
 (:func:`predict`): each image's header, passed through what the transform's deterministic
 prefix (:func:`~shmqueue.transforms.deterministic_prefix`) says it outputs
-(:meth:`~shmqueue.Transform.output_spec`). The steps after it, and any from the first whose
-output cannot be told, are taken to keep the images as they are; the pipeline refuses at run
-time an output the ring was not laid out for (:class:`~shmqueue.errors.TransformOutputError`).
+(:meth:`~shmqueue.Transform.output_spec`). If a step of the prefix cannot tell, the prefix is
+run once on the first subject (:mod:`~shmqueue.probe`) and its images' channels and dtypes are
+taken from what it made. The random steps after the prefix are taken to keep the images as
+they are; the pipeline refuses at run time an output the ring was not laid out for
+(:class:`~shmqueue.errors.TransformOutputError`), never changing a value to fit.
 
 Building it checks every subject on that prediction, naming ``subjects[i]``, the subject and
 what to do: it is a :class:`~shmqueue.Subject`, its headers can be read, its images share one
@@ -33,6 +35,7 @@ import torch
 from .engine.layout import SlotLayout
 from .errors import ImageFileError, InvalidImageError, SubjectError
 from .image import Image, ImageHeader
+from .probe import Probed, probe
 from .sampling.base import PatchSampler, Triple
 from .specs import ImageSpec, SubjectSpec, Unknown
 from .subject import Subject
@@ -217,8 +220,13 @@ class Catalog:
         steps = deterministic_prefix(transform)
         entries: list[SubjectEntry] = []
         images: dict[str, tuple[int, torch.dtype]] = {}
+        probed: Probed | None = None
         for index, subject in enumerate(subjects):
-            entry, predicted = _read_subject(index, subject, sampler, patches_per_volume, steps)
+            if index == 0:
+                probed = _probe_first(subject, steps)
+            entry, predicted = _read_subject(
+                index, subject, sampler, patches_per_volume, steps, probed
+            )
             found = {name: (spec.channels, spec.dtype) for name, spec in entry.transformed.items()}
             if not images:
                 images = found
@@ -262,29 +270,51 @@ def predict(steps: Sequence[SubjectTransform], images: SubjectSpec) -> dict[str,
     return current
 
 
+def _probe_first(subject: Subject, steps: Sequence[SubjectTransform]) -> Probed | None:
+    """What the deterministic ``steps`` make of the first subject, run once if one of them
+    cannot describe its output (:mod:`~shmqueue.probe`); errors name ``subjects[0]``."""
+    if not isinstance(subject, Subject):
+        return None  # refused by _read_subject
+    try:
+        headers = {
+            name: ImageEntry.read(name, image).spec for name, image in subject.images.items()
+        }
+        return probe(subject, subject.describe(0), steps, headers)
+    except (SubjectError, ImageFileError, InvalidImageError) as error:
+        raise type(error)(f"subjects[0]: {error}") from error
+
+
 def _read_subject(
     index: int,
     subject: Subject,
     sampler: PatchSampler,
     patches_per_volume: int,
     steps: Sequence[SubjectTransform],
+    probed: Probed | None,
 ) -> tuple[SubjectEntry, bool]:
     """The entry of ``subjects[index]``, checked on its own after ``steps`` (errors name it),
-    and whether the steps change its images (then messages say "after the transform")."""
+    and whether the steps change its images (then messages say "after the transform");
+    ``probed``, what running them on the first subject made, completes the prediction."""
     if not isinstance(subject, Subject):
         raise TypeError(f"subjects[{index}] is a {type(subject).__name__}, not a Subject")
     try:
         images = tuple(ImageEntry.read(name, image) for name, image in subject.images.items())
         headers = {image.name: image.spec for image in images}
-        transformed = predict(steps, headers)
+        if probed is None:
+            transformed = predict(steps, headers)
+        else:  # what the steps say, what the probe made of its step, what the rest say
+            before = predict(steps[: probed.index], headers)
+            transformed = predict(steps[probed.index + 1 :], probed.applied(before))
         predicted = transformed != headers
         shapes = {name: spec.spatial_shape for name, spec in transformed.items()}
         if len(set(shapes.values())) > 1:
             listing = ", ".join(f"{name}: {shape}" for name, shape in shapes.items())
             raise SubjectError(
                 f"The images of {subject.describe()} have different spatial shapes"
-                f"{_AFTER if predicted else ''} ({listing}). Resample or crop them to a common"
-                " grid before building the Subject."
+                f"{_AFTER if predicted else ''} ({listing}). Bring them onto one grid in the"
+                f" transform, before any random step: shmqueue.Resample('{next(iter(shapes))}')"
+                " resamples the others onto the first image's grid (or CropOrPad to one shape"
+                " if they share their voxel spacing and origin)."
             )
         shape = next(iter(shapes.values()))
         sampler.check_fits(subject, shape if predicted else None)

@@ -28,7 +28,7 @@ from .machine import return_free_memory
 from .plan import SubjectTask
 from .sampling.base import PatchLocation, PatchSampler
 from .subject import Subject
-from .transforms import SubjectTransform, run_steps, transform_steps
+from .transforms import SubjectTransform, run_steps, step_name, transform_steps
 
 RingImage = tuple[int, torch.dtype]
 """What the ring holds of one image: ``(channels, dtype)``."""
@@ -86,7 +86,7 @@ class SubjectPipeline:
         stages = [("loading the files", _image_specs(subject))]
 
         def record(number: int, step: SubjectTransform, result: Subject) -> None:
-            name = f"transform step {number} ({_step_name(step)})"
+            name = f"transform step {number} ({step_name(step)})"
             stages.append((name, _image_specs(result)))
 
         steps = transform_steps(self.transform, generator)
@@ -140,10 +140,6 @@ class SubjectPipeline:
 
 def _image_specs(subject: Subject) -> dict[str, RingImage]:
     return {name: (image.num_channels, image.dtype) for name, image in subject.images.items()}
-
-
-def _step_name(step: SubjectTransform) -> str:
-    return getattr(step, "__qualname__", type(step).__name__)
 
 
 def _holds(ring: torch.dtype, produced: torch.dtype) -> bool:

@@ -70,7 +70,8 @@ class Subject(dict[str, Any]):
             listing = ", ".join(f"{name}: {shape}" for name, shape in shapes.items())
             raise SubjectError(
                 f"The images of {self.describe()} have different spatial shapes ({listing})."
-                " Resample or crop them to a common grid before building the Subject."
+                f" Resample them onto one grid (shmqueue.Resample('{next(iter(shapes))}'))"
+                " before reading them together."
             )
         return next(iter(shapes.values()))
 

@@ -123,6 +123,11 @@ def deterministic_prefix(transform: SubjectTransform | None) -> list[SubjectTran
     return prefix
 
 
+def step_name(step: SubjectTransform) -> str:
+    """A transform's name for messages: a function's qualified name, else its class's."""
+    return getattr(step, "__qualname__", type(step).__name__)
+
+
 def described(transform: SubjectTransform) -> Transform:
     """What answers for ``transform``'s description: itself if it is a :class:`Transform`, else
     a Transform that knows nothing of itself (a plain callable cannot say what it does)."""

@@ -268,7 +268,7 @@ def test_pipelines_that_keep_the_grid_keep_their_layout_and_estimate(
     sampler = sq.GridSampler(None, 8)
     for transform in (
         sq.Compose([sq.Flip(), sq.Noise()]),
-        sq.Compose([sq.Lambda(torch.abs), sq.OneHot(num_classes=3)]),  # unknown, then stopped
+        sq.Compose([sq.Lambda(torch.abs), sq.Noise()]),  # probed: abs keeps the images
         sq.Compose([sq.Flip(p=0.5), sq.OneHot(num_classes=3)]),  # random, then stopped
     ):
         queue = sq.Queue(
@@ -290,7 +290,8 @@ def test_pipelines_that_keep_the_grid_keep_their_layout_and_estimate(
 
 def test_the_ring_is_laid_out_for_the_one_hot_label_maps() -> None:
     """``OneHot(num_classes=3)`` makes 3 channels of the label map's dtype: the layout, the ring
-    and the estimate say so; with ``num_classes=-1`` the count is unknown: the headers' 1."""
+    and the estimate say so; with ``num_classes=-1`` the count cannot be told from a header:
+    the first subject is probed (its labels 0 and 1 make 2 channels)."""
     subjects = [two_grids(f"s{index}") for index in range(2)]
     for subject in subjects:
         subject["t1"] = sq.ScalarImage(torch.zeros(1, 8, 8, 8))
@@ -299,8 +300,8 @@ def test_the_ring_is_laid_out_for_the_one_hot_label_maps() -> None:
     assert one_hot.subjects[0].transformed["seg"].channels == 3
     headers = Catalog.build(subjects, sq.UniformSampler(None, 4), 10, 2)
     assert one_hot.layout.slot_bytes == headers.layout.slot_bytes + 2 * 4**3
-    unknown = Catalog.build(subjects, sq.UniformSampler(None, 4), 10, 2, sq.OneHot())
-    assert unknown.layout == headers.layout
+    probed = Catalog.build(subjects, sq.UniformSampler(None, 4), 10, 2, sq.OneHot())
+    assert probed.layout.images == {"t1": (1, torch.float32), "seg": (2, torch.uint8)}
     estimate = sq.estimate_memory(
         subjects, 4, max_length=10, num_workers=1, transform=sq.OneHot(num_classes=3)
     )

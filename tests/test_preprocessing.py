@@ -254,7 +254,8 @@ def test_one_hot_refusals() -> None:
 def test_one_hot_through_a_queue_with_workers() -> None:
     """``OneHot(num_classes=3)`` with workers: the ring holds 3 channels, and the patches are
     those of the in-process path, regions of the encoded volumes. Without ``num_classes`` the
-    ring cannot know the channels: both paths refuse it when they run."""
+    first subject is probed (3 channels); a later subject with a fourth label would need 4, and
+    both paths refuse it when they run."""
     subjects = []
     for seed in range(3):
         generator = torch.Generator().manual_seed(seed)
@@ -284,15 +285,19 @@ def test_one_hot_through_a_queue_with_workers() -> None:
         assert torch.equal(patch["seg"].data, seg[(slice(None), *location.to_slices())])
         for image in ("t1", "seg"):
             assert torch.equal(patch[image].data, patches[0][name, location][image].data)
+    fourth = subjects[2].seg.data.clone()
+    fourth[0, 0, 0, 0] = 3
+    subjects[2] = sq.Subject(t1=subjects[2].t1, seg=sq.LabelMap(fourth), name="s2")
     for workers in (0, 2):
         queue = sq.Queue(
             subjects, sq.UniformSampler(None, 4), max_length=6, patches_per_volume=3,
             transform=OneHot(), num_workers=workers, multiprocessing_context="fork",
         )  # fmt: skip
+        assert queue.layout.images["seg"] == (3, torch.int64)
         with (
             queue,
             pytest.raises(
-                sq.SubjectProcessingError, match=r"image 'seg' is 3 channels of torch\.int64"
+                sq.SubjectProcessingError, match=r"image 'seg' is 4 channels of torch\.int64"
             ),
         ):
             list(queue)

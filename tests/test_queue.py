@@ -553,7 +553,7 @@ BAD_INPUTS = {
     "different-shapes": BadInput(
         shapes_differ,
         SubjectError,
-        ("'sub-01'", "sub-01_seg.nii.gz", "(16, 16, 12)", "Resample or crop"),
+        ("'sub-01'", "sub-01_seg.nii.gz", "(16, 16, 12)", "shmqueue.Resample('t1')"),
     ),
     "all-zero-probability-map": BadInput(
         zero_probability,
@@ -719,7 +719,8 @@ def test_a_transform_output_the_ring_cannot_hold_fails_alike_in_both_paths(
                 patches_per_volume=2,
                 num_workers=num_workers,
                 shuffle_subjects=False,
-                transform=Compose([Flip(axes=(0,)), case.step]),
+                # after a random step, so not probed (tests/test_probe.py): checked as made
+                transform=Compose([Flip(axes=(0,), flip_probability=0.5), case.step]),
                 seed=0,
             ) as queue,
             pytest.raises(SubjectProcessingError) as raised,
