@@ -162,3 +162,8 @@ def test_images_on_different_grids_go_through_a_queue_with_workers(
     with queue() as built:
         patch = next(iter(built))
         assert patch.t1.data.shape == patch.t2.data.shape == (1, 8, 8, 8)
+
+
+def test_an_unknown_interpolation_is_refused_by_name() -> None:
+    with pytest.raises(ValueError, match="Resample's label_interpolation must be one of"):
+        sq.Resample(1.0, label_interpolation="bspline")

@@ -48,7 +48,9 @@ _INTERPOLATIONS = ("linear", "nearest")
 _ANATOMICAL_AXES = {"L": "LR", "R": "LR", "A": "AP", "P": "AP", "I": "IS", "S": "IS"}
 
 
-def _interpolation(value: str, name: str) -> Interpolation:
+def checked_interpolation(value: str, name: str) -> Interpolation:
+    """``value`` if it names an interpolation shmqueue resamples with (``'linear'``,
+    ``'nearest'``); else a ValueError naming the argument ``name``."""
     if value not in _INTERPOLATIONS:
         raise ValueError(f"{name} must be one of {_INTERPOLATIONS}, got {value!r}")
     return value
@@ -86,8 +88,8 @@ class _Spatial(Augmentation):
         super().__init__(p, include, exclude)
         self.default_pad_value = _fill(default_pad_value)
         self.default_pad_label = float(default_pad_label)
-        self.image_interpolation = _interpolation(image_interpolation, "image_interpolation")
-        self.label_interpolation = _interpolation(label_interpolation, "label_interpolation")
+        self.image_interpolation = checked_interpolation(image_interpolation, "image_interpolation")
+        self.label_interpolation = checked_interpolation(label_interpolation, "label_interpolation")
 
     def _resampling(self) -> dict[str, Any]:
         return {

@@ -21,7 +21,7 @@ from ..augmentation.deferred import SLAB_VOXELS, slab_voxels
 from ..augmentation.operations import subject_specs
 from ..augmentation.regions import Region, Triple, read_region
 from ..augmentation.sampling import sample
-from ..augmentation.spatial import RESAMPLING_BYTES_PER_VOXEL
+from ..augmentation.spatial import RESAMPLING_BYTES_PER_VOXEL, checked_interpolation
 from ..image import Image, ImageHeader, LabelMap, ScalarImage
 from ..specs import ImageSpec, Locality, SubjectSpec, Unknown, VolumeCost
 from ..subject import Subject
@@ -33,8 +33,6 @@ Grid = tuple[Triple, np.ndarray]
 Target = float | Sequence[float] | str | os.PathLike[str] | Image | tuple[Sequence[int], np.ndarray]
 """A spacing in mm (one number or three), an image of the subject by name, a file or an Image
 whose grid to take, or a ``(shape, affine)`` pair."""
-
-_INTERPOLATIONS = ("linear", "nearest")
 
 
 def spacing_grid(shape: Sequence[int], affine: np.ndarray, spacing: Sequence[float]) -> Grid:
@@ -101,17 +99,13 @@ class Resample(_GridPreserving):
         exclude: Sequence[str] | None = None,
     ) -> None:
         super().__init__(p, include, exclude)
-        for name, value in (
-            ("image_interpolation", image_interpolation),
-            ("label_interpolation", label_interpolation),
-        ):
-            if value not in _INTERPOLATIONS:
-                raise ValueError(
-                    f"Resample's {name} must be one of {_INTERPOLATIONS}, got {value!r}"
-                )
         self.target = target
-        self.image_interpolation = image_interpolation
-        self.label_interpolation = label_interpolation
+        self.image_interpolation = checked_interpolation(
+            image_interpolation, "Resample's image_interpolation"
+        )
+        self.label_interpolation = checked_interpolation(
+            label_interpolation, "Resample's label_interpolation"
+        )
         self._spacing = _spacing(target)
         self._grid = _fixed_grid(target)
 
