@@ -6,7 +6,8 @@
 disagree), one worker's peak from the per-worker model (:mod:`shmqueue.memory.worker_model`,
 which asks the transform and the sampler) or a measurement (:mod:`shmqueue.memory.measure`),
 and adds the training loop's batches and the training process itself. No voxel is read unless
-``measure=True``.
+``measure=True``, or unless a deterministic step cannot describe its output: then the first
+subject is probed once (:mod:`shmqueue.probe`).
 """
 
 from __future__ import annotations
@@ -64,7 +65,9 @@ def estimate_memory(
     every worker at its peak (process baseline, its copy of the subject list, and for the most
     expensive subject its raw and loaded volumes, decompression buffers, transform and sampler
     working memory), the training loop's batches, and the training process itself. No voxel is
-    read (unless ``measure=True``), so it takes about a millisecond per file.
+    read (unless ``measure=True``, or a deterministic step cannot describe its output and the
+    first subject is probed once: :mod:`shmqueue.probe`), so it takes about a millisecond per
+    file.
 
     Args:
         subjects: the subjects, as given to :class:`~shmqueue.Queue`.
