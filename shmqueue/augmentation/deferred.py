@@ -25,7 +25,8 @@ outside too).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,6 +48,26 @@ from .sampling import sample
 SLAB_VOXELS = 1 << 18
 """Voxels per slab when a whole image or a large patch is evaluated: bounds the coordinates and
 values in flight (up to some 120 bytes a voxel for a resampled label map) to some 30 MiB."""
+
+
+def in_slabs(
+    region: Region,
+    channels: int,
+    dtype: torch.dtype,
+    evaluate: Callable[[Region], torch.Tensor],
+) -> torch.Tensor:
+    """``evaluate`` of ``region``, called on slabs of at most :data:`SLAB_VOXELS` voxels and
+    assembled, so that the values in flight stay bounded: ``(channels, *region.size)``."""
+    slabs = region.slabs(SLAB_VOXELS)
+    if len(slabs) == 1:
+        return evaluate(region)
+    result = torch.empty((channels, *region.size), dtype=dtype)
+    start = 0
+    for slab in slabs:
+        values = evaluate(slab)
+        result[:, start : start + values.shape[1]] = values
+        start += values.shape[1]
+    return result
 
 
 def slab_voxels(spec: ImageSpec) -> int:
@@ -174,18 +195,8 @@ class DeferredVoxels:
         return self._slabbed(count, Region.whole(self.shape))
 
     def _slabbed(self, count: int, region: Region) -> torch.Tensor:
-        """The result of the first ``count`` stages at ``region``, slabs of at most
-        :data:`SLAB_VOXELS` at a time, so that the values in flight stay bounded."""
-        slabs = region.slabs(SLAB_VOXELS)
-        if len(slabs) == 1:
-            return self._evaluate(count, region)
-        result = torch.empty((self.channels, *region.size), dtype=self.dtype)
-        start = 0
-        for slab in slabs:
-            values = self._evaluate(count, slab)
-            result[:, start : start + values.shape[1]] = values
-            start += values.shape[1]
-        return result
+        """The result of the first ``count`` stages at ``region``, a slab at a time."""
+        return in_slabs(region, self.channels, self.dtype, functools.partial(self._evaluate, count))
 
     def _evaluate(self, count: int, region: Region) -> torch.Tensor:
         if count == 0:
@@ -224,23 +235,13 @@ class DeferredVoxels:
         first = stage.operations[0]
         interpolation = first.interpolation(self.kind)
         fill = self._fill_value(count, first.fill(self.kind))
-        read = _StageReader(self, count - 1)
+        read = functools.partial(self._evaluate, count - 1)
         return sample(read, self.shape, self.channels, self.dtype, points, interpolation, fill)
 
     def _fill_value(self, count: int, fill: Fill) -> float:
         if not isinstance(fill, str):
             return float(fill)
         return float(self._stage_statistics(count, lambda volume: _fill_statistic(volume, fill)))
-
-
-class _StageReader:
-    """Reads regions of one stage's result: what a resampling of the next stage samples."""
-
-    def __init__(self, voxels: DeferredVoxels, count: int) -> None:
-        self.voxels, self.count = voxels, count
-
-    def __call__(self, region: Region) -> torch.Tensor:
-        return self.voxels._evaluate(self.count, region)
 
 
 def _fill_statistic(volume: torch.Tensor, fill: str) -> float:

@@ -10,6 +10,7 @@ neighbour for label maps (no label is invented), a slab of the output at a time.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,15 +18,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..augmentation.deferred import SLAB_VOXELS, slab_voxels
+from ..augmentation.deferred import in_slabs, slab_voxels
 from ..augmentation.operations import subject_specs
 from ..augmentation.regions import Region, Triple, read_region
 from ..augmentation.sampling import sample
 from ..augmentation.spatial import RESAMPLING_BYTES_PER_VOXEL, checked_interpolation
-from ..image import Image, ImageHeader, LabelMap, ScalarImage
+from ..image import Image, LabelMap, ScalarImage
 from ..specs import ImageSpec, Locality, SubjectSpec, Unknown, VolumeCost
 from ..subject import Subject
 from .base import _GridPreserving
+from .spatial import _regridded
 
 Grid = tuple[Triple, np.ndarray]
 """A spatial shape and the affine of its voxels."""
@@ -149,9 +151,7 @@ class Resample(_GridPreserving):
             if grid is None or _same_grid(grid, image):
                 continue
             shape, affine = grid
-            new = image.with_data(self._resampled(image, shape, affine))
-            new._header = ImageHeader(new.shape, image.header.read_dtype, affine)
-            subject[name] = new
+            subject[name] = _regridded(image, self._resampled(image, shape, affine), affine)
         return subject
 
     def _resampled(self, image: Image, shape: Triple, affine: np.ndarray) -> torch.Tensor:
@@ -163,11 +163,9 @@ class Resample(_GridPreserving):
         to_input = np.linalg.inv(image.affine) @ affine  # output voxel -> input voxel
         matrix = torch.from_numpy(to_input[:3, :3].T.copy())
         offset = torch.from_numpy(to_input[:3, 3].copy())
-        _, x, y, z = data.shape
-        channels = data.shape[0]
-        result = torch.empty((channels, *shape), dtype=data.dtype)
-        start = 0
-        for slab in Region.whole(shape).slabs(SLAB_VOXELS):
+        channels, x, y, z = data.shape
+
+        def resampled(slab: Region) -> torch.Tensor:
             i, j, k = (axis.to(torch.float64) for axis in slab.axes)
             points = (
                 i[:, None, None, None] * matrix[0]
@@ -175,18 +173,10 @@ class Resample(_GridPreserving):
                 + k[None, None, :, None] * matrix[2]
                 + offset
             ).to(torch.float32)
-            values = sample(
-                lambda box: read_region(data, box),
-                (x, y, z),
-                channels,
-                data.dtype,
-                points,
-                interpolation,
-                fill,
-            )
-            result[:, start : start + values.shape[1]] = values
-            start += values.shape[1]
-        return result
+            read = functools.partial(read_region, data)
+            return sample(read, (x, y, z), channels, data.dtype, points, interpolation, fill)
+
+        return in_slabs(Region.whole(shape), channels, data.dtype, resampled)
 
     @property
     def locality(self) -> Locality:
