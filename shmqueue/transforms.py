@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import ClassVar
+from typing import ClassVar, TypeGuard
 
 import torch
 
@@ -282,6 +282,13 @@ class Deferrable(Transform):
         raise NotImplementedError
 
 
+def is_deferrable(step: SubjectTransform) -> TypeGuard[Deferrable]:
+    """Whether ``step`` can be drawn now and evaluated later, with the deferrable steps next to
+    it (at the patches, in a queue): the one rule :func:`run_steps`, transform groups and the
+    memory estimator follow."""
+    return isinstance(step, Deferrable) and step.deferrable
+
+
 class Pending:
     """Deferrable transforms drawn and not yet evaluated (see :func:`run_steps`)."""
 
@@ -319,7 +326,7 @@ def run_steps(
     """
     pending = Pending()
     for number, step in enumerate(steps, start=1):
-        if isinstance(step, Deferrable) and step.deferrable:
+        if is_deferrable(step):
             pending.add(step, subject, generator)
             continue
         subject = apply_transform(step, pending.evaluated(subject), generator)
@@ -351,7 +358,7 @@ class TransformGroup(Deferrable):
     def deferrable(self) -> bool:
         """When every member is (and :meth:`apply` is not overridden)."""
         return type(self).apply is TransformGroup.apply and all(
-            isinstance(step, Deferrable) and step.deferrable for step in self.transforms
+            is_deferrable(step) for step in self.transforms
         )
 
     def draw(self, subject: Subject, generator: torch.Generator) -> list[object]:

@@ -25,6 +25,7 @@ from ..transforms import (
     SubjectTransform,
     described,
     described_steps,
+    is_deferrable,
     transform_steps,
 )
 from .breakdown import total_bytes
@@ -97,7 +98,7 @@ def _deferred_count(steps: Sequence[SubjectTransform]) -> int:
     of deferrable ones (:func:`~shmqueue.transforms.run_steps`)."""
     count = 0
     for step in reversed(steps):
-        if not (isinstance(step, Deferrable) and step.deferrable):
+        if not is_deferrable(step):
             break
         count += 1
     return count
