@@ -35,11 +35,11 @@ import torch
 from .engine.layout import SlotLayout
 from .errors import ImageFileError, InvalidImageError, SubjectError
 from .image import Image, ImageHeader
-from .probe import Probed, probe
+from .probe import Probed, described_outputs, probe
 from .sampling.base import PatchSampler, Triple
-from .specs import ImageSpec, SubjectSpec, Unknown
+from .specs import ImageSpec, SubjectSpec
 from .subject import Subject
-from .transforms import SubjectTransform, described, deterministic_prefix
+from .transforms import SubjectTransform, deterministic_prefix
 
 
 def patch_count(sampler: PatchSampler, spatial_shape: Triple, patches_per_volume: int) -> int:
@@ -261,13 +261,7 @@ def predict(steps: Sequence[SubjectTransform], images: SubjectSpec) -> dict[str,
         >>> predict([sq.OneHot(num_classes=3), sq.Lambda(abs)], {"seg": seg})["seg"].channels
         3
     """
-    current = dict(images)
-    for step in steps:
-        output = described(step).output_spec(current)
-        if isinstance(output, Unknown):
-            break
-        current = dict(output)
-    return current
+    return described_outputs(steps, images)[0]
 
 
 def _probe_first(subject: Subject, steps: Sequence[SubjectTransform]) -> Probed | None:

@@ -51,18 +51,19 @@ class Probed:
         return learned
 
 
-def first_unknown(
+def described_outputs(
     steps: Sequence[SubjectTransform], images: SubjectSpec
-) -> tuple[int, dict[str, ImageSpec]] | None:
-    """The index of the first of ``steps`` whose output cannot be told from its input's
-    description, with that input's description; None if every step says."""
+) -> tuple[dict[str, ImageSpec], int | None]:
+    """What ``steps`` make of ``images``, as each says (:meth:`~shmqueue.Transform.output_spec`),
+    up to the first whose output cannot be told: the description reached, and that step's
+    index (None if every step says)."""
     current = dict(images)
     for index, step in enumerate(steps):
         output = described(step).output_spec(current)
         if isinstance(output, Unknown):
-            return index, current
+            return current, index
         current = dict(output)
-    return None
+    return current, None
 
 
 def probe(
@@ -76,10 +77,9 @@ def probe(
         TransformOutputError: the steps change the images' grid where it could not be told
             (the message names the subject, the step and what to do).
     """
-    found = first_unknown(steps, headers)
-    if found is None:
+    before, unknown = described_outputs(steps, headers)
+    if unknown is None:
         return None
-    unknown, before = found
     loaded = subject.copy()
     loaded.load()
     generator = torch.Generator().manual_seed(0)  # deterministic steps: never drawn from
