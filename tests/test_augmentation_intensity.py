@@ -512,3 +512,24 @@ def test_the_pipeline_gives_the_same_patches_deferred_or_not() -> None:
                     lazy[name].voxels_at(*location), eager_patch, atol=tolerance
                 )
             assert torch.equal(lazy.seg.voxels_at(*location), eager.seg.voxels_at(*location))
+
+
+def test_noise_at_the_patches_has_the_whole_volumes_distribution() -> None:
+    """Contract 11 for per-voxel draws: patches' noise, drawn per region, has the mean, spread
+    and quantiles of the whole volume's; a region gets the same draw each time it is read, and
+    different regions independent ones."""
+    subject = sq.Subject(t1=sq.ScalarImage(torch.zeros(1, 48, 40, 32)))
+    operations = sq.Noise(mean=1.0, std=2.0).draw(subject, torch.Generator().manual_seed(3))
+    voxels = DeferredVoxels(subject.t1.data, "t1", sq.ScalarImage, operations)
+    whole = voxels.whole().flatten()
+    corners = [(0, 0, 0), (16, 0, 0), (32, 24, 16), (0, 24, 0), (32, 0, 16), (16, 24, 16)]
+    patches = torch.cat([voxels.patch(corner, (16, 16, 16)).flatten() for corner in corners])
+    for values in (whole, patches):
+        assert abs(float(values.mean()) - 1.0) < 0.05 and abs(float(values.std()) - 2.0) < 0.05
+    levels = torch.tensor([0.05, 0.25, 0.5, 0.75, 0.95])
+    np.testing.assert_allclose(
+        torch.quantile(patches, levels), torch.quantile(whole[: patches.numel()], levels), atol=0.1
+    )
+    assert torch.equal(voxels.patch((0, 0, 0), (16, 16, 16)), voxels.patch((0, 0, 0), (16, 16, 16)))
+    first, second = (voxels.patch(corner, (16, 16, 16)).flatten() for corner in corners[:2])
+    assert abs(float(torch.corrcoef(torch.stack([first, second]))[0, 1])) < 0.05
