@@ -26,6 +26,7 @@ from .augmentation import (
     RandomNoise,
 )
 from .batch import Batch, BatchImage, collate_subjects
+from .cache import CacheUsage, VolumeCache
 from .choice import OneOf, SomeOf
 from .compat import GridAggregator
 from .constants import AFFINE, DATA, INTENSITY, LABEL, LOCATION, PATH, TYPE
@@ -38,6 +39,8 @@ from .distributed import (
     per_rank_memory_budget,
 )
 from .errors import (
+    CacheError,
+    CacheKeyError,
     ConcurrentIterationError,
     ForeignProcessError,
     ImageChangedError,
@@ -92,8 +95,7 @@ from .sampling import (
 from .stats import QueueStats
 from .subject import Subject
 from .transforms import Compose, Lambda, Transform
-
-__version__ = "0.1.0"
+from .version import __version__
 
 __all__ = [
     "AFFINE",
@@ -111,6 +113,9 @@ __all__ = [
     "BiasField",
     "Blur",
     "Brightness",
+    "CacheError",
+    "CacheKeyError",
+    "CacheUsage",
     "Clamp",
     "Compose",
     "ConcurrentIterationError",
@@ -181,6 +186,7 @@ __all__ = [
     "Transform",
     "TransformOutputError",
     "UniformSampler",
+    "VolumeCache",
     "WeightedSampler",
     "WorkerDiedError",
     "WorkerStartError",

@@ -111,6 +111,16 @@ class MemoryBudgetError(ShmqueueError, MemoryError):
         return (type(self), (str(self), self.estimate))
 
 
+class CacheError(ShmqueueError, OSError):
+    """The cache of preprocessed subjects cannot be used: its directory cannot be created or
+    written, or an entry cannot be stored. The message names the directory and the fix."""
+
+
+class CacheKeyError(ShmqueueError, TypeError):
+    """A cached transform step (or the subject) holds a value the cache's key cannot see into,
+    so an entry could not be told from a stale one; the message names the step and the value."""
+
+
 class RemoteTraceback(Exception):
     """Carries a worker's formatted traceback so that it prints as the cause of its exception."""
 

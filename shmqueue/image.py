@@ -576,6 +576,15 @@ class Image:
         image._deferred = None
         return image
 
+    def voxelless(self) -> Image:
+        """A copy of this image without its voxels (loaded, in memory or deferred): its kind,
+        path, header and reader, what :mod:`shmqueue.cache` stores beside the voxels, which it
+        stores apart to map them back with :meth:`with_data`."""
+        image = self.copy()
+        image._data = None
+        image._deferred = None
+        return image
+
     def deferred(self, voxels: DeferredSource) -> Image:
         """A new image of the same kind, path and affine whose voxels ``voxels`` computes when
         they are read: a region at a time (:meth:`voxels_at`, :meth:`crop`), or all of them on

@@ -1,0 +1,11 @@
+"""The cache of preprocessed subjects: ``Queue(cache_dir=...)`` and ``shmqueue cache``.
+
+:mod:`.prefix` says which steps of a transform are cached, :mod:`.identity` what an entry's key
+depends on, :mod:`.store` how entries are written, read and bounded, and :mod:`.fill` fills a
+cache ahead of training with worker processes.
+"""
+
+from .prefix import cached_prefix
+from .store import CacheUsage, VolumeCache
+
+__all__ = ["CacheUsage", "VolumeCache", "cached_prefix"]
