@@ -1,7 +1,8 @@
 """SubjectPipeline: what happens to one subject in an epoch, wherever it runs.
 
-Load the subject, augment it with the task's seed, prepare it for the sampler and draw the task's
-patch locations. The in-process path and the engine's workers both call :meth:`run`, so a patch is
+Load the subject (or, with a cache, read it preprocessed: :mod:`shmqueue.cache`), augment it
+with the task's seed, prepare it for the sampler and draw the task's patch locations. The
+in-process path and the engine's workers both call :meth:`run`, so a patch is
 the same region of the same augmented volume in both (contracts 2 and 6 of DESIGN.md). A step
 that is a plain callable, not a :class:`~shmqueue.Transform`, runs with the global generators
 seeded from the task's (:func:`~shmqueue.transforms.apply_transform`, contract 13).
@@ -18,11 +19,13 @@ dtype (e.g. float64 from a numpy-based transform): they are rounded to the ring'
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from itertools import islice
 
 import torch
 
 from .adapters.base import refuse_foreign_transforms
 from .augmentation.deferred import deferred
+from .cache import VolumeCache, cached_prefix
 from .errors import SamplingError, TransformOutputError
 from .machine import return_free_memory
 from .plan import SubjectTask
@@ -48,6 +51,9 @@ class SubjectPipeline:
             volume (:class:`~shmqueue.Augmentation` steps) at the patches' voxels only (see
             :mod:`shmqueue.augmentation.deferred`); False evaluates them on the whole volume,
             the reference that patch evaluation equals.
+        cache: where each subject is kept after loading and the transform's cached prefix
+            (:func:`~shmqueue.cache.cached_prefix`), read back memory-mapped on later epochs;
+            None loads and preprocesses every subject every time.
     """
 
     def __init__(
@@ -57,6 +63,7 @@ class SubjectPipeline:
         sampler: PatchSampler,
         images: Mapping[str, RingImage],
         patch_evaluation: bool = True,
+        cache: VolumeCache | None = None,
     ) -> None:
         refuse_foreign_transforms(transform)
         self.subjects = subjects
@@ -64,6 +71,8 @@ class SubjectPipeline:
         self.sampler = sampler
         self.images = dict(images)
         self.patch_evaluation = patch_evaluation
+        self.cache = cache
+        self._cached_steps = cached_prefix(transform) if cache is not None else []
 
     def run(self, task: SubjectTask) -> tuple[Subject, list[PatchLocation]]:
         """The augmented, prepared subject and exactly ``task.num_patches`` patch locations.
@@ -78,19 +87,36 @@ class SubjectPipeline:
             SamplingError: the sampler gave another number of patches than planned.
         """
         return_free_memory()  # the previous subject's volumes, so that the process stays its size
-        subject = self.subjects[task.subject_index].copy()
-        subject.load()
         generator = torch.Generator().manual_seed(task.seed)
         # Each stage's image specs (from tensor shapes and dtypes, no voxel read), so that a
         # mismatch is blamed on the step that made it.
-        stages = [("loading the files", _image_specs(subject))]
+        stages: list[tuple[str, dict[str, RingImage]]] = []
 
         def record(number: int, step: SubjectTransform, result: Subject) -> None:
             name = f"transform step {number} ({step_name(step)})"
             stages.append((name, _image_specs(result)))
 
-        steps = transform_steps(self.transform, generator)
-        subject, pending = run_steps(steps, subject, generator, record)
+        def preprocess(subject: Subject) -> Subject:
+            """Load ``subject`` and apply the cached steps (none without a cache)."""
+            subject.load()
+            stages.append(("loading the files", _image_specs(subject)))
+            subject, pending = run_steps(self._cached_steps, subject, generator, record)
+            assert not pending.operations, "the cached prefix has no deferrable step"
+            return subject
+
+        subject = self.subjects[task.subject_index].copy()
+        if self.cache is None:
+            subject = preprocess(subject)
+        else:
+            subject, hit = self.cache.preprocessed(subject, self._cached_steps, preprocess)
+            if hit:
+                where = f"reading the cache in '{self.cache.directory}'"
+                stages.append((where, _image_specs(subject)))
+        # The cached steps come first among the transform's (they draw nothing): skip them.
+        steps = islice(transform_steps(self.transform, generator), len(self._cached_steps), None)
+        subject, pending = run_steps(
+            steps, subject, generator, record, first_number=len(self._cached_steps) + 1
+        )
         # The last augmentations: evaluated only where the patches are read, or on the whole
         # volume (the reference), with the same parameters either way.
         if self.patch_evaluation:

@@ -26,6 +26,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from .arguments import check_count
 from .batch import Batch
+from .cache import VolumeCache
 from .catalog import Catalog
 from .compat import queue_call_form
 from .dataset import SubjectsDataset
@@ -39,6 +40,7 @@ from .errors import (
     QueueClosedError,
     ShmqueueError,
 )
+from .image import PathLike
 from .in_process import InProcessSource
 from .memory import MemoryEstimate, preflight
 from .memory.estimate import estimate_catalog
@@ -119,6 +121,13 @@ class Queue(IterableDataset[Subject]):
             the transform's last step that needs the whole volume at the patches' voxels only,
             with the same result as on the whole volume (see :mod:`shmqueue.augmentation`);
             False evaluates them on the whole volume, as TorchIO does.
+        cache_dir: keep each subject on disk after loading and after the transform's
+            deterministic steps that come before its first random one
+            (:func:`~shmqueue.cache.cached_prefix`), and read it from there, memory-mapped,
+            whenever it is needed again: a directory, or a :class:`~shmqueue.VolumeCache` for
+            its options (a content hash, a bound on its size). An entry is rebuilt when a file
+            or a cached step changes; patches are the same as without the cache. See
+            docs/preprocessing.md. None (the default) loads and preprocesses every time.
         timeout: seconds the training loop may wait with no worker reporting before
             :class:`~shmqueue.WorkerTimeoutError` names the subjects in flight (as torch's
             DataLoader ``timeout``); 0, the default, waits as long as it takes (with a warning
@@ -154,6 +163,7 @@ class Queue(IterableDataset[Subject]):
         equalize: str = "pad",
         check_memory: bool = True,
         patch_evaluation: bool = True,
+        cache_dir: PathLike | VolumeCache | None = None,
         timeout: float = 0.0,
     ) -> None:
         patch_sampler, max_length, patches_per_volume = queue_call_form(
@@ -224,8 +234,13 @@ class Queue(IterableDataset[Subject]):
         self.patch_evaluation = patch_evaluation
         self._memory = self.estimate_memory()  # checked now, and again when the ring is made
         self._preflight()
+        self.cache = (
+            cache_dir
+            if isinstance(cache_dir, VolumeCache) or cache_dir is None
+            else VolumeCache(cache_dir)
+        )
         self._pipeline = SubjectPipeline(
-            subjects, transform, patch_sampler, self.layout.images, patch_evaluation
+            subjects, transform, patch_sampler, self.layout.images, patch_evaluation, self.cache
         )
         self._epoch = 0
         # The newest iteration's plan; an iterator with another plan was superseded.

@@ -314,18 +314,20 @@ def run_steps(
     subject: Subject,
     generator: torch.Generator,
     after_step: Callable[[int, SubjectTransform, Subject], None] | None = None,
+    first_number: int = 1,
 ) -> tuple[Subject, Pending]:
     """Apply ``steps`` in order, drawing consecutive deferrable transforms without evaluating
     them: they are evaluated together (one resampling) before the next step of another kind,
     and those left at the end are returned pending, for the caller to evaluate
     (:meth:`Pending.evaluated`) or to defer to the patches (the queue). ``after_step`` sees
-    each other step's number (from 1, counting every step), the step and its result.
+    each other step's number (from ``first_number``, counting every step), the step and its
+    result.
 
     The generator is drawn from as applying each step in turn draws from it, so a subject's
     parameters do not depend on how its augmentations are evaluated.
     """
     pending = Pending()
-    for number, step in enumerate(steps, start=1):
+    for number, step in enumerate(steps, start=first_number):
         if is_deferrable(step):
             pending.add(step, subject, generator)
             continue
