@@ -281,8 +281,10 @@ def build(request: Request) -> Pipeline:
     """nnU-Net v2's augmenter over the request's subjects (scenario f's pipeline only).
 
     Raises:
-        ValueError: the request is not scenario (f)'s, or its batches are not whole subjects.
+        ValueError: the request is not scenario (f)'s, or its batches are not whole subjects,
+            or it asks for a cache (bgv2 has none).
     """
+    request.require_cache((), "batchgeneratorsv2")
     variant = request.require_augmentation()
     subjects_per_batch, rest = divmod(request.batch_size, request.patches_per_volume)
     if rest or not subjects_per_batch or len(request.paths) % subjects_per_batch:

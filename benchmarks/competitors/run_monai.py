@@ -18,21 +18,41 @@ the crop and the affine that follows it are one resampling of the original volum
 patch is filled from the volume, not padded), in float32 (``overrides``; lazy resampling
 defaults to float64), and every later transform works on the patch alone. The DataLoader
 collates the crops of each subject into one batch (``list_data_collate``).
+
+Scenario (h): MONAI's tutorials' pattern for a cached dataset. One Compose loads the volume and
+its brain mask, reorients both to RAS (Orientationd), resamples them (Spacingd, bilinear and
+nearest), crops or pads them (ResizeWithPadOrCropd), z-normalises the volume, flips each axis,
+adds noise and cuts ``patches_per_volume`` uniform crops (RandSpatialCropSamplesd); the
+DataLoader collates each subject's crops (``list_data_collate``), subjects shuffled every epoch.
+The dataset is MONAI's cache of what comes before the first random transform: a
+``PersistentDataset`` (files in the run's ``cache_dir``, written by the workers as they first
+meet a subject) or a ``CacheDataset`` (in the training process's memory, filled by
+``num_workers`` threads when it is built, then inherited by the forked workers). Both are built
+when the first epoch starts, so that their filling counts in it.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import random
 from typing import Any
 
 import monai
 import torch
-from monai.data import DataLoader, Dataset, PatchDataset, list_data_collate
+from monai.data import (
+    CacheDataset,
+    DataLoader,
+    Dataset,
+    PatchDataset,
+    PersistentDataset,
+    list_data_collate,
+)
 from monai.transforms import (
     Compose,
     LoadImaged,
     NormalizeIntensityd,
+    Orientationd,
     Rand3DElasticd,
     RandAdjustContrastd,
     RandAffined,
@@ -44,10 +64,13 @@ from monai.transforms import (
     RandScaleIntensityd,
     RandScaleIntensityFixedMeand,
     RandSpatialCropSamplesd,
+    ResizeWithPadOrCropd,
+    Spacingd,
 )
 from monai.utils import set_determinism
 
 from . import augmentation as aug
+from .preprocessing import FLIP_AXES
 from .runner import Pipeline, Request, main
 
 KEY = "t1"
@@ -181,13 +204,7 @@ def _realistic(request: Request) -> Pipeline:
         {KEY: path, LABEL: label}
         for path, label in zip(request.paths, request.label_paths, strict=True)
     ]
-    loader = DataLoader(
-        Dataset(files, transform=transform),
-        batch_size=max(1, request.batch_size // request.patches_per_volume),  # in subjects
-        shuffle=True,
-        num_workers=request.num_workers,
-        collate_fn=list_data_collate,
-    )
+    loader = _subjects_loader(request, Dataset(files, transform=transform))
     return Pipeline(
         batches=lambda epoch: loader,
         patches_in=lambda batch: int(batch[KEY].shape[0]),
@@ -196,9 +213,89 @@ def _realistic(request: Request) -> Pipeline:
     )
 
 
+def _subjects_loader(request: Request, dataset: Dataset) -> DataLoader:
+    """A DataLoader whose batches are whole subjects' crops (as many subjects as fit in
+    ``batch_size`` patches, at least one), shuffled every epoch."""
+    return DataLoader(
+        dataset,
+        batch_size=max(1, request.batch_size // request.patches_per_volume),  # in subjects
+        shuffle=True,
+        num_workers=request.num_workers,
+        collate_fn=list_data_collate,
+    )
+
+
+def _preprocessing_transform(request: Request) -> Compose:
+    """Scenario (h)'s Compose in MONAI's terms: the preprocessing, the flips and noise, the
+    crops. Its first random transform is the first flip: MONAI's caches keep what comes before."""
+    preprocessing = request.require_preprocessing()
+    keys = (KEY, LABEL)
+    return Compose(
+        [
+            LoadImaged(keys, ensure_channel_first=True, image_only=True),
+            Orientationd(keys, axcodes="RAS"),
+            Spacingd(keys, pixdim=preprocessing.spacing, mode=("bilinear", "nearest")),
+            ResizeWithPadOrCropd(keys, spatial_size=preprocessing.shape),
+            NormalizeIntensityd(KEY),
+            *(
+                RandFlipd(keys, prob=request.flip_probability, spatial_axis=axis)
+                for axis in FLIP_AXES
+            ),
+            RandGaussianNoised(KEY, prob=1.0, std=request.noise_std, sample_std=False),
+            RandSpatialCropSamplesd(
+                keys,
+                roi_size=request.patch_size,
+                num_samples=request.patches_per_volume,
+                random_size=False,
+            ),
+        ]
+    )
+
+
+def _preprocessed(request: Request) -> Pipeline:
+    """Scenario (h): each subject's crops, from MONAI's cache of its preprocessing.
+
+    Raises:
+        ValueError: the request asks for no cache (scenario h runs MONAI with one).
+    """
+    cache = request.require_cache({"disk", "memory"}, "MONAI (scenario h)")
+    if cache is None:
+        raise ValueError("scenario (h) runs MONAI with a cache: PersistentDataset or CacheDataset")
+    transform = _preprocessing_transform(request)
+    files = [
+        {KEY: path, LABEL: label}
+        for path, label in zip(request.paths, request.label_paths, strict=True)
+    ]
+
+    @functools.cache
+    def loader() -> DataLoader:
+        """Built when the first epoch asks for it: a CacheDataset fills itself right away."""
+        if cache == "disk":
+            dataset: Dataset = PersistentDataset(files, transform, cache_dir=request.cache_dir)
+        else:
+            dataset = CacheDataset(
+                files, transform, num_workers=request.num_workers, progress=False
+            )
+        return _subjects_loader(request, dataset)
+
+    return Pipeline(
+        batches=lambda epoch: loader(),
+        patches_in=lambda batch: int(batch[KEY].shape[0]),
+        estimate=lambda: None,
+        estimate_label="none: MONAI has no memory estimate",
+    )
+
+
 def build(request: Request) -> Pipeline:
-    """MONAI's idiomatic patch pipeline for the request's scenario."""
+    """MONAI's idiomatic patch pipeline for the request's scenario.
+
+    Raises:
+        ValueError: a cache asked for outside scenario (h), or none in it.
+    """
     set_determinism(seed=request.seed)
+    if request.preprocessing is not None:
+        return _preprocessed(request)
+    request.require_cache((), "MONAI (scenarios a-f)")
     if request.augmentation is None:
         return _flip_and_noise(request)
     return _realistic(request)

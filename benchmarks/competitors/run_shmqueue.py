@@ -2,7 +2,11 @@
 
 For scenario (f) the same Queue runs shmqueue's realistic augmentation (``shmqueue.Affine`` and
 the others of issue 15), which its workers evaluate only where the patches are, and a
-LabelSampler centres the patches.
+LabelSampler centres the patches. For scenario (h) it runs :mod:`.preprocessing`'s pipeline
+(``ToCanonical``, ``Resample``, ``CropOrPad``, ``ZNormalization``, then ``Flip`` and ``Noise``) on
+each volume and its brain mask. A request with a disk cache gives the Queue its ``cache_dir``
+(scenarios g and h), which keeps every subject as loaded and after the transform's deterministic
+steps, and reads it memory-mapped in later epochs.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from typing import Any
 import shmqueue as sq
 
 from . import augmentation as aug
+from .preprocessing import FLIP_AXES
 from .runner import Pipeline, Request, main
 
 
@@ -45,19 +50,44 @@ def _realistic(variant: aug.Augmentation) -> Any:
     )
 
 
+def _preprocessed(request: Request) -> Any:
+    """Scenario (h)'s Compose in shmqueue's terms: the preprocessing, then the flips and noise."""
+    preprocessing = request.require_preprocessing()
+    return sq.Compose(
+        [
+            sq.ToCanonical(),
+            sq.Resample(preprocessing.spacing),
+            sq.CropOrPad(preprocessing.shape),
+            sq.ZNormalization(),
+            sq.Flip(axes=FLIP_AXES, flip_probability=request.flip_probability),
+            sq.Noise(std=request.noise_std),
+        ]
+    )
+
+
+def _labelled_subjects(request: Request) -> list[sq.Subject]:
+    """Each subject's volume and its brain mask, for the scenarios that read both."""
+    return [
+        sq.Subject(t1=sq.ScalarImage(path), seg=sq.LabelMap(label))
+        for path, label in zip(request.paths, request.label_paths, strict=True)
+    ]
+
+
 def build(request: Request) -> Pipeline:
     """A :class:`shmqueue.Queue` over the request's subjects, batched by a SubjectsLoader."""
-    if request.augmentation is None:
+    cache = request.require_cache({"disk"}, "shmqueue")
+    if request.preprocessing is not None:
+        subjects = _labelled_subjects(request)
+        transform = _preprocessed(request)
+        sampler: sq.PatchSampler = sq.UniformSampler(patch_size=request.patch_size)
+    elif request.augmentation is None:
         subjects = [sq.Subject(t1=sq.ScalarImage(path)) for path in request.paths]
         transform = sq.Compose(
             [sq.Flip(axes=(0,), p=request.flip_probability), sq.Noise(std=request.noise_std)]
         )
-        sampler: sq.PatchSampler = sq.UniformSampler(subjects[0], patch_size=request.patch_size)
+        sampler = sq.UniformSampler(subjects[0], patch_size=request.patch_size)
     else:
-        subjects = [
-            sq.Subject(t1=sq.ScalarImage(path), seg=sq.LabelMap(label))
-            for path, label in zip(request.paths, request.label_paths, strict=True)
-        ]
+        subjects = _labelled_subjects(request)
         transform = _realistic(request.require_augmentation())
         sampler = sq.LabelSampler(
             None,
@@ -73,6 +103,7 @@ def build(request: Request) -> Pipeline:
         num_workers=request.num_workers,
         transform=transform,
         seed=request.seed,
+        cache_dir=request.cache_dir if cache == "disk" else None,
     )
     loader = sq.SubjectsLoader(queue, batch_size=request.batch_size)
     # The full estimate where the queue has it; else TorchIO's buffer-only figure.

@@ -2,7 +2,10 @@
 augment whole subjects; the training process samples patches into the buffer), SubjectsLoader.
 
 For scenario (f) the same Queue runs TorchIO's own augmentation on whole subjects, which is the
-only place TorchIO 1.x applies it, and a LabelSampler centres the patches.
+only place TorchIO 1.x applies it, and a LabelSampler centres the patches. For scenario (h) its
+workers run :mod:`.preprocessing`'s pipeline (``ToCanonical``, ``Resample``, ``CropOrPad``,
+``ZNormalization``, then ``RandomFlip`` and ``RandomNoise``) on each subject, every epoch:
+TorchIO has no cache of preprocessed subjects.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import torchio as tio
 
 from . import augmentation as aug
 from .intensity import brightness, contrast
+from .preprocessing import FLIP_AXES
 from .runner import Pipeline, Request, main
 
 
@@ -50,17 +54,42 @@ def _realistic(variant: aug.Augmentation) -> tio.Transform:
     )
 
 
+def _preprocessed(request: Request) -> tio.Transform:
+    """Scenario (h)'s Compose in TorchIO 1.x's terms: the preprocessing, then flips and noise."""
+    preprocessing = request.require_preprocessing()
+    return tio.Compose(
+        [
+            tio.ToCanonical(),
+            tio.Resample(preprocessing.spacing),
+            tio.CropOrPad(preprocessing.shape),
+            tio.ZNormalization(),
+            tio.RandomFlip(axes=FLIP_AXES, flip_probability=request.flip_probability),
+            tio.RandomNoise(std=(request.noise_std, request.noise_std)),  # a fixed std
+        ]
+    )
+
+
+def _labelled_subjects(request: Request) -> list[tio.Subject]:
+    """Each subject's volume and its brain mask, for the scenarios that read both."""
+    return [
+        tio.Subject(t1=tio.ScalarImage(path), seg=tio.LabelMap(label))
+        for path, label in zip(request.paths, request.label_paths, strict=True)
+    ]
+
+
 def build(request: Request) -> Pipeline:
     """TorchIO 1.x's documented patch pipeline over the request's subjects."""
-    if request.augmentation is None:
+    request.require_cache((), "TorchIO 1.x")
+    if request.preprocessing is not None:
+        subjects = _labelled_subjects(request)
+        transform = _preprocessed(request)
+        sampler: tio.data.PatchSampler = tio.UniformSampler(request.patch_size)
+    elif request.augmentation is None:
         subjects = [tio.Subject(t1=tio.ScalarImage(path)) for path in request.paths]
         transform = _flip_and_noise(request)
-        sampler: tio.data.PatchSampler = tio.UniformSampler(request.patch_size)
+        sampler = tio.UniformSampler(request.patch_size)
     else:
-        subjects = [
-            tio.Subject(t1=tio.ScalarImage(path), seg=tio.LabelMap(label))
-            for path, label in zip(request.paths, request.label_paths, strict=True)
-        ]
+        subjects = _labelled_subjects(request)
         transform = _realistic(request.require_augmentation())
         sampler = tio.LabelSampler(
             request.patch_size, label_name="seg", label_probabilities=aug.LABEL_PROBABILITIES

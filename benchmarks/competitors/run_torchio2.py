@@ -55,7 +55,15 @@ def _realistic(variant: aug.Augmentation) -> tio.Transform:
 
 
 def build(request: Request) -> Pipeline:
-    """The seed's example over the request's subjects."""
+    """The seed's example over the request's subjects.
+
+    Raises:
+        ValueError: the request asks for a cache, or for scenario (h)'s preprocessing, which
+            this runner does not build (TorchIO 2.0.0a2 is not in that scenario).
+    """
+    request.require_cache((), "TorchIO 2.0")
+    if request.preprocessing is not None:
+        raise ValueError("TorchIO 2.0's runner has no pipeline for scenario (h)'s preprocessing")
     if request.augmentation is None:
         subjects = [tio.Subject(t1=tio.ScalarImage(path)) for path in request.paths]
         transform = tio.Compose(

@@ -8,7 +8,8 @@ stderr, so stdout carries the result only. The driver samples the runner's proce
 outside; the runner times only what the training loop sees.
 
 This module is imported inside every competitor's venv: it needs only the standard library (and
-:mod:`.augmentation`, which does too), plus numpy and torch (present in every venv) to seed them.
+:mod:`.augmentation` and :mod:`.preprocessing`, which do too), plus numpy and torch (present in
+every venv) to seed them.
 """
 
 from __future__ import annotations
@@ -20,11 +21,16 @@ import random
 import resource
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from .augmentation import Augmentation
+from .preprocessing import Preprocessing
+
+CacheKind = Literal["disk", "memory"]
+"""A cache of preprocessed subjects: in files under a directory, or in the training process's
+memory (MONAI's ``CacheDataset``)."""
 
 
 @dataclass(frozen=True)
@@ -37,8 +43,13 @@ class Request:
     terms. With it (scenario f), each subject also has the label map ``label_paths[i]``, the
     transform is :mod:`~benchmarks.competitors.augmentation`'s realistic pipeline with the
     variant's probabilities, and patches are centred by label
-    (:data:`~benchmarks.competitors.augmentation.LABEL_PROBABILITIES`). Both fields default to
-    off, so a request written before they existed still reads.
+    (:data:`~benchmarks.competitors.augmentation.LABEL_PROBABILITIES`). With ``preprocessing``
+    (scenario h), each subject also has its label map, and the transform is
+    :mod:`~benchmarks.competitors.preprocessing`'s pipeline, its flips and noise with
+    ``flip_probability`` and ``noise_std``. ``cache`` asks for the library's cache of
+    preprocessed subjects, a ``"disk"`` one in ``cache_dir`` (a fresh directory the driver makes
+    and removes). Every field after ``seed`` defaults to off, so a request written before it
+    existed still reads.
     """
 
     paths: tuple[str, ...]
@@ -54,17 +65,25 @@ class Request:
     noise_std: float = 0.1
     label_paths: tuple[str, ...] = ()
     augmentation: Augmentation | None = None
+    preprocessing: Preprocessing | None = None
+    cache: CacheKind | None = None
+    cache_dir: str | None = None
 
     @classmethod
     def from_json(cls, text: str) -> Request:
         fields = json.loads(text)
         x, y, z = fields.pop("patch_size")
         augmentation = fields.pop("augmentation", None)
+        preprocessing = fields.pop("preprocessing", None)
+        if preprocessing is not None:
+            sx, sy, sz = preprocessing.pop("shape")
+            preprocessing = Preprocessing(shape=(sx, sy, sz), **preprocessing)
         return cls(
             paths=tuple(fields.pop("paths")),
             patch_size=(x, y, z),
             label_paths=tuple(fields.pop("label_paths", ())),
             augmentation=None if augmentation is None else Augmentation(**augmentation),
+            preprocessing=preprocessing,
             **fields,
         )
 
@@ -81,6 +100,38 @@ class Request:
                 f" {len(self.paths)} subjects"
             )
         return self.augmentation
+
+    def require_preprocessing(self) -> Preprocessing:
+        """Scenario (h)'s preprocessing, for a pipeline that resamples labels with the volumes.
+
+        Raises:
+            ValueError: the request has no preprocessing, or not one label path per subject.
+        """
+        if self.preprocessing is None or len(self.label_paths) != len(self.paths):
+            raise ValueError(
+                "scenario (h)'s pipeline needs a preprocessing and one label path per subject;"
+                f" got preprocessing={self.preprocessing}, {len(self.label_paths)} label paths"
+                f" for {len(self.paths)} subjects"
+            )
+        return self.preprocessing
+
+    def require_cache(self, kinds: Collection[CacheKind], library: str) -> CacheKind | None:
+        """The cache the request asks for (None: none), once checked against the ``kinds`` that
+        ``library``'s runner has for the request's scenario, so that no run quietly goes
+        without the cache it was asked for.
+
+        Raises:
+            ValueError: a kind the runner does not have, or a disk cache without ``cache_dir``.
+        """
+        if self.cache is not None and self.cache not in kinds:
+            offered = ", ".join(sorted(kinds)) or "none"
+            raise ValueError(
+                f"{library}'s runner has no {self.cache} cache for this scenario (it has:"
+                f" {offered})"
+            )
+        if self.cache == "disk" and not self.cache_dir:
+            raise ValueError("a disk cache needs cache_dir, a directory the driver makes per run")
+        return self.cache
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
