@@ -92,17 +92,30 @@ class Run:
         return self.patches / self.seconds
 
     @property
+    def epoch_ends(self) -> list[float]:
+        """When each epoch ended: the arrival of its last call, the one that returned no batch.
+
+        An epoch lasts from the end of the one before (the first request, for the first) to its
+        own end, so the epochs' times add up to the run's: whatever a library does between two
+        epochs (stopping and starting its workers) counts in one of them.
+        """
+        return [arrival for arrival, _, patches in self.result.calls if not patches]
+
+    @property
     def epoch_patches_per_second(self) -> list[float]:
-        """Each epoch's patches over the time from its first request to its last batch."""
-        rates, started, last_batch = [], 0.0, 0.0
-        for arrival, _, patches in self.result.calls:
-            if patches:
-                last_batch = arrival
-            else:  # the call that ends the epoch
-                epoch = len(rates)
-                rates.append(self.result.epoch_patches[epoch] / (last_batch - started))
-                started = arrival
-        return rates
+        """Each epoch's patches over its time (see :attr:`epoch_ends`)."""
+        starts = [0.0, *self.epoch_ends[:-1]]
+        return [
+            patches / (end - start)
+            for patches, start, end in zip(self.result.epoch_patches, starts, self.epoch_ends)
+        ]
+
+    @property
+    def later_epochs_patches_per_second(self) -> float:
+        """The patches of every epoch after the first over their time together: from the first
+        epoch's end to the last one's."""
+        ends = self.epoch_ends
+        return sum(self.result.epoch_patches[1:]) / (ends[-1] - ends[0])
 
     @property
     def first_batch_seconds(self) -> float:
