@@ -5,7 +5,7 @@ The full comparison waits until the machine is quiet (1-minute load average belo
 minutes at most), runs every scenario with every library, prints the tables and the verdicts on
 the issue's targets, and writes docs/benchmarks.md, its figures in docs/images/, README.md's
 "Performance" section and bench-results/comparison.json. ``--scenarios`` runs only some
-scenarios (letters a-f; e is read from a's runs), also after waiting, and writes only under
+scenarios (letters a-h; e is read from a's runs), also after waiting, and writes only under
 bench-results/comparison-LETTERS/ (and its .json), so a partial run never replaces the full
 document. ``--quick`` runs a small variant once, without waiting, and writes only under
 bench-results/comparison-quick[-LETTERS]/.

@@ -3,25 +3,37 @@
 Each measurement is a fresh ``python -m benchmarks.competitors.run_<library>`` process (so no run
 inherits another's heap, caches or warm imports); this process follows the memory of the runner
 and all its descendants from outside with :class:`~shmqueue.tree_memory.TreeMemorySampler`, the
-same way for every library.
+same way for every library. A library that runs with a disk cache gets a fresh directory for it,
+on the data's disk, made before the run and removed after it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
+import tempfile
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import psutil
 
 from shmqueue.tree_memory import TreeMemoryPeaks, TreeMemorySampler
 
-from ..competitors.runner import Result
-from .scenarios import AUGMENTATION, Setting
+from ..competitors.runner import CacheKind, Result
+from .scenarios import (
+    AUGMENTATION,
+    CACHE,
+    FIRST_BATCH,
+    PREPROCESSING,
+    STEADY,
+    TINY,
+    WORKERS,
+    Setting,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 STDERR_LINES = 30  # of a failed runner's stderr, in the error
@@ -29,34 +41,90 @@ STDERR_LINES = 30  # of a failed runner's stderr, in the error
 
 @dataclass(frozen=True)
 class Library:
-    """A library under comparison: its runner module, its venv under ``--venvs``, and the
-    scenarios it takes part in (by key; empty: all)."""
+    """A library under comparison, as one configuration of it: its runner module, its venv under
+    ``--venvs``, the scenarios it takes part in (by key), and the cache of preprocessed subjects
+    its runner is asked for (None: none; a second entry with the same runner runs the cache)."""
 
     key: str
     label: str
     runner: str  # module in benchmarks.competitors
     venv: str  # directory under --venvs
-    scenarios: tuple[str, ...] = ()
+    scenarios: tuple[str, ...]
+    cache: CacheKind | None = None
 
     def interpreter(self, venvs: Path) -> Path:
         return venvs / self.venv / "bin" / "python"
 
     def runs(self, setting: Setting) -> bool:
-        return not self.scenarios or setting.scenario.key in self.scenarios
+        return setting.scenario.key in self.scenarios
 
 
-SHMQUEUE = Library("shmqueue", "shmqueue", "run_shmqueue", "shmqueue")
-TORCHIO_1 = Library("torchio-1", "TorchIO 1.2.1", "run_torchio1", "torchio-1.2.1")
-TORCHIO_2 = Library("torchio-2", "TorchIO 2.0.0a2", "run_torchio2", "torchio-2.0.0a2")
-MONAI = Library("monai", "MONAI 1.6", "run_monai", "monai-1.6")
+FLIP_AND_NOISE = (STEADY.key, FIRST_BATCH.key, WORKERS.key, TINY.key)
+"""The scenarios of (a)'s pipeline, which every library but batchgeneratorsv2 runs."""
+
+SHMQUEUE = Library(
+    "shmqueue",
+    "shmqueue",
+    "run_shmqueue",
+    "shmqueue",
+    (*FLIP_AND_NOISE, AUGMENTATION.key, CACHE.key, PREPROCESSING.key),
+)
+SHMQUEUE_CACHED = Library(
+    "shmqueue-cache",
+    "shmqueue + cache",
+    "run_shmqueue",
+    "shmqueue",
+    (CACHE.key, PREPROCESSING.key),
+    cache="disk",  # Queue(cache_dir=...)
+)
+TORCHIO_1 = Library(
+    "torchio-1",
+    "TorchIO 1.2.1",
+    "run_torchio1",
+    "torchio-1.2.1",
+    (*FLIP_AND_NOISE, AUGMENTATION.key, CACHE.key, PREPROCESSING.key),
+)
+TORCHIO_2 = Library(
+    "torchio-2",
+    "TorchIO 2.0.0a2",
+    "run_torchio2",
+    "torchio-2.0.0a2",
+    (*FLIP_AND_NOISE, AUGMENTATION.key, CACHE.key),
+)
+MONAI = Library("monai", "MONAI 1.6", "run_monai", "monai-1.6", (*FLIP_AND_NOISE, AUGMENTATION.key))
+MONAI_PERSISTENT = Library(
+    "monai-persistent",
+    "MONAI 1.6 PersistentDataset",
+    "run_monai",
+    "monai-1.6",
+    (PREPROCESSING.key,),
+    cache="disk",
+)
+MONAI_CACHED = Library(
+    "monai-cache",
+    "MONAI 1.6 CacheDataset",
+    "run_monai",
+    "monai-1.6",
+    (PREPROCESSING.key,),
+    cache="memory",
+)
 BGV2 = Library(
     "bgv2",
     "batchgeneratorsv2 0.3.6",
     "run_bgv2",
     "batchgeneratorsv2-0.3.6",
-    scenarios=(AUGMENTATION.key,),  # nnU-Net's augmentation: a pipeline for (f) only
+    (AUGMENTATION.key,),  # nnU-Net's augmentation: a pipeline for (f) only
 )
-LIBRARIES = (SHMQUEUE, TORCHIO_1, TORCHIO_2, MONAI, BGV2)
+LIBRARIES = (
+    SHMQUEUE,
+    SHMQUEUE_CACHED,
+    TORCHIO_1,
+    TORCHIO_2,
+    MONAI,
+    MONAI_PERSISTENT,
+    MONAI_CACHED,
+    BGV2,
+)
 
 
 class RunFailed(RuntimeError):
@@ -161,30 +229,46 @@ def run_once(library: Library, setting: Setting, venvs: Path) -> tuple[Result, T
             timeout (it is then killed with its workers).
     """
     command = [str(library.interpreter(venvs)), "-m", f"benchmarks.competitors.{library.runner}"]
-    child = subprocess.Popen(
-        command,
-        cwd=ROOT,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        with TreeMemorySampler(child.pid) as sampler:
-            output, errors = child.communicate(
-                setting.request().to_json(), timeout=setting.timeout_seconds
-            )
-    except subprocess.TimeoutExpired:
-        _kill_tree(child)
-        raise RunFailed(
-            f"{library.label} on {setting.key!r} did not finish in {setting.timeout_seconds:.0f} s"
-        ) from None
+    request = setting.request()
+    with _fresh_cache_dir(library, Path(request.paths[0]).parent) as cache_dir:
+        child = subprocess.Popen(
+            command,
+            cwd=ROOT,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            with TreeMemorySampler(child.pid) as sampler:
+                output, errors = child.communicate(
+                    replace(request, cache=library.cache, cache_dir=cache_dir).to_json(),
+                    timeout=setting.timeout_seconds,
+                )
+        except subprocess.TimeoutExpired:
+            _kill_tree(child)  # before its cache directory is removed
+            raise RunFailed(
+                f"{library.label} on {setting.key!r} did not finish in"
+                f" {setting.timeout_seconds:.0f} s"
+            ) from None
     if child.returncode != 0 or not output.strip():
         tail = "\n".join(errors.splitlines()[-STDERR_LINES:])
         raise RunFailed(
             f"{library.label} on {setting.key!r} exited with {child.returncode}:\n{tail}"
         )
     return Result(**json.loads(output.splitlines()[-1])), sampler.peaks
+
+
+@contextlib.contextmanager
+def _fresh_cache_dir(library: Library, data: Path) -> Iterator[str | None]:
+    """A new empty directory in ``data`` (the data's disk, so a cache reads from where the files
+    are) for a library with a disk cache, removed with everything in it when the run is over;
+    None for the others."""
+    if library.cache != "disk":
+        yield None
+        return
+    with tempfile.TemporaryDirectory(prefix=f".cache-{library.key}-", dir=data) as directory:
+        yield directory
 
 
 def _kill_tree(child: subprocess.Popen[str]) -> None:

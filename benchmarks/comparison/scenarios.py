@@ -6,8 +6,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from ..competitors.augmentation import VARIANTS, Augmentation
+from ..competitors.preprocessing import Preprocessing
 from ..competitors.runner import Request
-from ..data import DatasetSpec, ensure_dataset, ensure_labels
+from ..data import DatasetSpec, Shape, ensure_dataset, ensure_labels
 
 SEED = 0
 
@@ -57,8 +58,49 @@ AUGMENTATION = Scenario(
     " 0.5 per axis) plus elastic deformation at p 0.2 and bias field at p 0.1, which nnU-Net v2"
     " leaves out (our choice); and every transform at p = 1 (flips still 0.5 per axis).",
 )
-SCENARIOS = (STEADY, FIRST_BATCH, WORKERS, TINY, AUGMENTATION)
-LETTERS = {"a": STEADY, "b": FIRST_BATCH, "c": WORKERS, "d": TINY, "e": STEADY, "f": AUGMENTATION}
+CACHE = Scenario(
+    "cache",
+    "(g) Cache: later epochs",
+    "What a cache of loaded subjects buys once the first epoch has filled it: the steady state"
+    " of (a) with the no-op step (a flip of the first axis and Gaussian noise), over 3 epochs,"
+    " run by shmqueue without and with its cache (`Queue(cache_dir=...)`, a fresh directory on"
+    " the data's disk for every run, removed after it), TorchIO 1.2.1 and TorchIO 2.0.0a2. The"
+    " transform is random from its first step, so shmqueue's cache keeps each subject as"
+    " loaded and maps it from its file in later epochs instead of inflating the .nii.gz again;"
+    " each file is listed twice, so its second listing may already be read from the cache in"
+    " the first epoch. TorchIO 1.2.1 has no cache and loads every subject every epoch; TorchIO"
+    " 2.0.0a2 keeps every volume it has loaded in its subject list (see (a)'s notes), in"
+    " memory. patches/s is given for the first epoch and for the epochs after it together;"
+    " an epoch lasts from the previous epoch's last `next()` (the first request, for the first"
+    " epoch) to its own last `next()`. Ratios are shmqueue with its cache ÷ each library.",
+)
+PREPROCESSING = Scenario(
+    "preprocessing",
+    "(h) Preprocessing",
+    "What preprocessing costs every epoch, and what caching it buys: volumes stored at 1.3 mm"
+    " in LPS orientation, each with its brain mask, are reoriented to RAS, resampled to 1 mm"
+    " (linear for the volume, nearest for the mask), cropped or padded about their centre"
+    " and z-normalised, then augmented with a flip of each axis (p 0.5 per axis) and Gaussian"
+    " noise (std 0.1), in this order in every library; patches are drawn uniformly, 3 epochs,"
+    " no-op step. Run by shmqueue without and with its cache (`cache_dir`, a fresh directory"
+    " per run), TorchIO 1.2.1 (no cache: it preprocesses every subject again every epoch), and"
+    " MONAI 1.6 with a PersistentDataset (its files in a fresh directory per run) and with a"
+    " CacheDataset (in memory). Every cache keeps each subject after its deterministic steps,"
+    " everything before the first flip, so later epochs only flip, add noise and cut patches."
+    " patches/s is given for the first epoch and for the epochs after it, as in (g); ratios"
+    " are shmqueue with its cache ÷ each library.",
+)
+SCENARIOS = (STEADY, FIRST_BATCH, WORKERS, TINY, AUGMENTATION, CACHE, PREPROCESSING)
+LETTERS = {
+    "a": STEADY,
+    "b": FIRST_BATCH,
+    "c": WORKERS,
+    "d": TINY,
+    "e": STEADY,
+    "f": AUGMENTATION,
+    "g": CACHE,
+    "h": PREPROCESSING,
+}
 """``--scenarios`` letters; (e), the memory table, is read from (a)'s runs."""
 
 
@@ -80,10 +122,16 @@ class Setting:
     repeats: int
     timeout_seconds: float  # per run; only turns a hang into an error
     augmentation: Augmentation | None = None  # scenario (f)'s variant: labels and its pipeline
+    preprocessing: Preprocessing | None = None  # scenario (h)'s: labels and its pipeline
 
     @property
     def key(self) -> str:
         return f"{self.scenario.key}: {self.label}"
+
+    @property
+    def labelled(self) -> bool:
+        """Whether each subject comes with its brain mask: (f) samples by it, (h) resamples it."""
+        return self.augmentation is not None or self.preprocessing is not None
 
     @property
     def num_subjects(self) -> int:
@@ -97,18 +145,20 @@ class Setting:
     def prepare(self) -> None:
         """Generate the setting's files if missing, before anything is timed."""
         ensure_dataset(self.dataset)
-        if self.augmentation is not None:
+        if self.labelled:
             ensure_labels(self.dataset)
 
     def request(self) -> Request:
         """The runners' request: the dataset's files repeated ``listings`` times, as subjects,
-        each with its brain mask when the setting augments by label."""
+        each with its brain mask when the setting is :attr:`labelled`; no cache (the driver
+        asks for one per library)."""
         paths = ensure_dataset(self.dataset)
-        labels = ensure_labels(self.dataset) if self.augmentation is not None else []
+        labels = ensure_labels(self.dataset) if self.labelled else []
         return Request(
             paths=tuple(str(path) for _ in range(self.listings) for path in paths),
             label_paths=tuple(str(path) for _ in range(self.listings) for path in labels),
             augmentation=self.augmentation,
+            preprocessing=self.preprocessing,
             patch_size=self.patch_size,
             patches_per_volume=self.patches_per_volume,
             max_length=self.max_length,
@@ -120,12 +170,15 @@ class Setting:
         )
 
     def describe(self) -> str:
-        x, y, z = self.dataset.shape
         px, py, pz = self.patch_size
-        labels = " and their uint8 brain masks" if self.augmentation is not None else ""
-        variant = "" if self.augmentation is None else f", {self.augmentation.describe()}"
+        labels = " and their uint8 brain masks" if self.labelled else ""
+        variant = "".join(
+            f", {pipeline.describe()}"
+            for pipeline in (self.augmentation, self.preprocessing)
+            if pipeline is not None
+        )
         return (
-            f"{self.num_subjects} subjects ({self.dataset.num_files} int16 {x}x{y}x{z} .nii.gz"
+            f"{self.num_subjects} subjects ({self.dataset.describe()} .nii.gz"
             f" files{labels}, each listed {self.listings}x), patch {px}x{py}x{pz},"
             f" patches_per_volume {self.patches_per_volume}, max_length {self.max_length},"
             f" batch {self.batch_size}, {self.num_workers} worker(s), {self.epochs} epoch(s),"
@@ -147,6 +200,8 @@ class Scale:
     timeout_seconds: float
     augmentation_patches: tuple[tuple[int, int], ...]  # (f): (cubic edge, patches_per_volume)
     augmentation_subjects: dict[str, int]  # (f): subjects per run, by variant name
+    preprocessing_dataset: DatasetSpec  # (h): coarser than 1 mm, not RAS
+    preprocessing_shape: Shape  # (h): what its volumes are cropped or padded to, at 1 mm
 
 
 FULL = Scale(
@@ -156,12 +211,25 @@ FULL = Scale(
     tiny=16,
     tiny_patches_per_volume=100,
     tiny_max_length=300,
-    repeats={"steady": 3, "first-batch": 3, "workers": 3, "tiny": 3, "augmentation": 3},
+    repeats={
+        "steady": 3,
+        "first-batch": 3,
+        "workers": 3,
+        "tiny": 3,
+        "augmentation": 3,
+        "cache": 3,
+        "preprocessing": 3,
+    },
     timeout_seconds=900.0,
     augmentation_patches=((64, 10), (128, 2)),
     # TorchIO 1.2.1 needs 10-15 s of CPU per subject with every transform at p = 1: few
     # subjects there; more where most transforms are skipped, so that the draws average out.
     augmentation_subjects={"nnU-Net p": 16, "all p = 1": 4},
+    # 182x218x182 mm, the steady state's heads, at 1.3 mm: 182x218x182 voxels again at 1 mm.
+    preprocessing_dataset=DatasetSpec(
+        num_files=16, shape=(140, 168, 140), spacing=1.3, orientation="LPS"
+    ),
+    preprocessing_shape=(176, 208, 176),
 )
 QUICK = Scale(
     dataset=DatasetSpec(num_files=4, shape=(64, 64, 64)),
@@ -170,10 +238,22 @@ QUICK = Scale(
     tiny=8,
     tiny_patches_per_volume=20,
     tiny_max_length=40,
-    repeats={"steady": 1, "first-batch": 1, "workers": 1, "tiny": 1, "augmentation": 1},
+    repeats={
+        "steady": 1,
+        "first-batch": 1,
+        "workers": 1,
+        "tiny": 1,
+        "augmentation": 1,
+        "cache": 1,
+        "preprocessing": 1,
+    },
     timeout_seconds=300.0,
     augmentation_patches=((16, 10), (32, 2)),
     augmentation_subjects={"nnU-Net p": 2, "all p = 1": 2},
+    preprocessing_dataset=DatasetSpec(
+        num_files=4, shape=(40, 48, 40), spacing=1.3, orientation="LPS"
+    ),
+    preprocessing_shape=(48, 56, 48),
 )
 
 
@@ -183,6 +263,9 @@ def settings(scale: Scale, scenarios: Sequence[Scenario] = SCENARIOS) -> list[Se
     The steady state lists each file twice and runs 2 epochs; the other scenarios list each file
     once and run one epoch with a no-op step, to keep (a)-(e) under 30 minutes. (f) takes 35-50
     minutes at full scale on 2 cores (3 repeats of 12-16), nearly half of it TorchIO 1.2.1's.
+    (g) and (h) run 3 epochs with the no-op step; from (a)'s rates, (g) should take about 5
+    minutes at full scale and (h), whose TorchIO 1.2.1 resamples every subject every epoch,
+    10-15 (estimates: neither has run at full scale yet).
     """
     return [setting for setting in _all_settings(scale) if setting.scenario in scenarios]
 
@@ -235,6 +318,23 @@ def _all_settings(scale: Scale) -> list[Setting]:
         replace(tiny, label=f"{scale.tiny}^3", patch_size=(scale.tiny,) * 3),
         replace(tiny, label=f"{edge}x{edge}x1", patch_size=(edge, edge, 1)),
         *_augmentation_settings(scale),
+        replace(
+            steady,
+            scenario=CACHE,
+            label="no-op step, 3 epochs",
+            epochs=3,
+            repeats=scale.repeats[CACHE.key],
+        ),
+        replace(
+            steady,
+            scenario=PREPROCESSING,
+            label="no-op step, 3 epochs",
+            dataset=scale.preprocessing_dataset,
+            listings=1,
+            epochs=3,
+            repeats=scale.repeats[PREPROCESSING.key],
+            preprocessing=Preprocessing(spacing=1.0, shape=scale.preprocessing_shape),
+        ),
     ]
 
 
