@@ -1,4 +1,5 @@
-"""The ``shmqueue`` command: ``shmqueue estimate`` (also ``python -m shmqueue estimate``).
+"""The ``shmqueue`` command: ``shmqueue estimate``, ``shmqueue cache``
+(:mod:`shmqueue.cache.command`) and ``shmqueue demo`` (also ``python -m shmqueue ...``).
 
 Each subcommand is a pair of functions: ``_add_<name>(subparsers)`` declares its arguments and
 ``_run_<name>(args) -> int`` runs it; :func:`build_parser` lists the subcommands. Exit status: 0
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import TextIO
 
 from .arguments import check_count
+from .cache.command import add_cache_command
 from .errors import ShmqueueError
 from .image import ScalarImage
 from .machine import memory_capacity
@@ -60,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     subparsers = parser.add_subparsers(title="commands", dest="command", required=True)
     _add_estimate(subparsers)
+    add_cache_command(subparsers)
     _add_demo(subparsers)
     return parser
 

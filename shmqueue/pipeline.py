@@ -26,6 +26,7 @@ import torch
 from .adapters.base import refuse_foreign_transforms
 from .augmentation.deferred import deferred
 from .cache import VolumeCache, cached_prefix
+from .cache.prefix import preprocess
 from .errors import SamplingError, TransformOutputError
 from .machine import return_free_memory
 from .plan import SubjectTask
@@ -96,19 +97,17 @@ class SubjectPipeline:
             name = f"transform step {number} ({step_name(step)})"
             stages.append((name, _image_specs(result)))
 
-        def preprocess(subject: Subject) -> Subject:
-            """Load ``subject`` and apply the cached steps (none without a cache)."""
-            subject.load()
+        def loaded(subject: Subject) -> None:
             stages.append(("loading the files", _image_specs(subject)))
-            subject, pending = run_steps(self._cached_steps, subject, generator, record)
-            assert not pending.operations, "the cached prefix has no deferrable step"
-            return subject
+
+        def preprocessed(subject: Subject) -> Subject:
+            return preprocess(subject, self._cached_steps, loaded, record)
 
         subject = self.subjects[task.subject_index].copy()
         if self.cache is None:
-            subject = preprocess(subject)
+            subject = preprocessed(subject)
         else:
-            subject, hit = self.cache.preprocessed(subject, self._cached_steps, preprocess)
+            subject, hit = self.cache.preprocessed(subject, self._cached_steps, preprocessed)
             if hit:
                 where = f"reading the cache in '{self.cache.directory}'"
                 stages.append((where, _image_specs(subject)))

@@ -3,6 +3,7 @@ fillers, bounds, and patches bit-identical to an uncached queue's (contract 2)."
 
 from __future__ import annotations
 
+import json
 import logging
 import multiprocessing
 import os
@@ -418,3 +419,53 @@ def test_a_hit_maps_the_volume_and_a_patch_reads_only_its_region(tmp_path: Path)
     grown = _anonymous_bytes() - before
     assert patch.shape == (1, 32, 32, 32) and total > 0
     assert grown < 16 * 1024**2, f"anonymous memory grew by {grown} B reading a 64 MiB entry"
+
+
+# shmqueue cache --------------------------------------------------------------------------------
+
+QUEUE_SCRIPT = """
+import shmqueue as sq
+
+def queue():
+    subjects = [sq.Subject(t1=sq.ScalarImage(path)) for path in {paths!r}]
+    transform = sq.Compose([sq.ToCanonical(), sq.Resample(1.5), sq.Noise()])
+    return sq.Queue(subjects, sq.UniformSampler(None, 8), max_length=4, patches_per_volume=2,
+                    transform=transform, cache_dir={cache!r})
+"""
+
+
+@pytest.mark.parametrize("num_workers", ["0", "1"])
+def test_the_command_fills_what_the_queue_then_reads(
+    nifti_subjects: list[sq.Subject],
+    tmp_path: Path,
+    num_workers: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from shmqueue.cli import main
+
+    paths = [str(subject.t1.path) for subject in nifti_subjects[:3]]
+    script = tmp_path / "training_setup.py"
+    script.write_text(QUEUE_SCRIPT.format(paths=paths, cache=str(tmp_path / "cache")))
+    target = f"{script}:queue"
+    assert main(["cache", "fill", target, "--num-workers", num_workers, "--no-progress"]) == 0
+    assert "3 subject(s) preprocessed, 0 already cached" in capsys.readouterr().out
+    assert main(["cache", "fill", target, "--num-workers", num_workers, "--no-progress"]) == 0
+    assert "0 subject(s) preprocessed, 3 already cached" in capsys.readouterr().out
+    assert main(["cache", "info", str(tmp_path / "cache"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["entries"] == 3
+    subjects = [sq.Subject(t1=sq.ScalarImage(path)) for path in paths]
+    transform = sq.Compose([sq.ToCanonical(), sq.Resample(1.5), sq.Noise()])
+    cache = sq.VolumeCache(tmp_path / "cache")
+    steps = cached_prefix(transform)
+    assert all(cache.read(cache.key(subject, steps)) is not None for subject in subjects)
+    assert main(["cache", "clear", str(tmp_path / "cache")]) == 0
+    assert cache.usage().entries == 0
+
+
+def test_the_command_names_a_bad_target(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from shmqueue.cli import main
+
+    assert main(["cache", "fill", "no-colon"]) == 2
+    assert "TARGET must be module:name" in capsys.readouterr().err
+    assert main(["cache", "fill", "json:JSONDecoder", "--cache-dir", str(tmp_path)]) == 2
+    assert "needs a Queue or a SubjectsDataset" in capsys.readouterr().err

@@ -5,7 +5,8 @@ depends on, :mod:`.store` how entries are written, read and bounded, and :mod:`.
 cache ahead of training with worker processes.
 """
 
+from .fill import FillReport, fill_cache
 from .prefix import cached_prefix
 from .store import CacheUsage, VolumeCache
 
-__all__ = ["CacheUsage", "VolumeCache", "cached_prefix"]
+__all__ = ["CacheUsage", "FillReport", "VolumeCache", "cached_prefix", "fill_cache"]

@@ -13,9 +13,13 @@ later draw as it was.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from itertools import takewhile
 
-from ..transforms import SubjectTransform, deterministic_prefix, is_deferrable
+import torch
+
+from ..subject import Subject
+from ..transforms import SubjectTransform, deterministic_prefix, is_deferrable, run_steps
 
 
 def cached_prefix(transform: SubjectTransform | None) -> list[SubjectTransform]:
@@ -28,3 +32,25 @@ def cached_prefix(transform: SubjectTransform | None) -> list[SubjectTransform]:
         ['ToCanonical', 'Resample']
     """
     return list(takewhile(lambda step: not is_deferrable(step), deterministic_prefix(transform)))
+
+
+def preprocess(
+    subject: Subject,
+    steps: Sequence[SubjectTransform],
+    after_load: Callable[[Subject], None] | None = None,
+    after_step: Callable[[int, SubjectTransform, Subject], None] | None = None,
+) -> Subject:
+    """``subject`` loaded (in place) and transformed by the cached ``steps``: what an entry
+    holds. ``after_load`` sees the loaded subject, ``after_step`` each step's number, the step
+    and its result (see :func:`~shmqueue.transforms.run_steps`).
+
+    The steps get a generator of their own: they draw nothing (they are deterministic), and
+    even one that broke that promise could not shift the draws of the task's random steps,
+    which a cache hit skips it before.
+    """
+    subject.load()
+    if after_load is not None:
+        after_load(subject)
+    result, pending = run_steps(steps, subject, torch.Generator().manual_seed(0), after_step)
+    assert not pending.operations, "the cached prefix has no deferrable step"
+    return result
