@@ -232,13 +232,15 @@ class Queue(IterableDataset[Subject]):
         self.layout = self.catalog.layout
         self._check_memory = check_memory
         self.patch_evaluation = patch_evaluation
-        self._memory = self.estimate_memory()  # checked now, and again when the ring is made
-        self._preflight()
         self.cache = (
             cache_dir
             if isinstance(cache_dir, VolumeCache) or cache_dir is None
             else VolumeCache(cache_dir)
         )
+        self._memory = self.estimate_memory()  # checked now, and again when the ring is made
+        if self.cache is not None:
+            self.cache.warn_if_short_of_disk(self._memory.cache_disk)
+        self._preflight()
         self._pipeline = SubjectPipeline(
             subjects, transform, patch_sampler, self.layout.images, patch_evaluation, self.cache
         )
@@ -361,6 +363,7 @@ class Queue(IterableDataset[Subject]):
             measure=measure,
             multiprocessing_context=self._context,
             patch_evaluation=self.patch_evaluation,
+            cached=self.cache is not None,
         )
 
     def stats(self) -> QueueStats:

@@ -469,3 +469,22 @@ def test_the_command_names_a_bad_target(tmp_path: Path, capsys: pytest.CaptureFi
     assert "TARGET must be module:name" in capsys.readouterr().err
     assert main(["cache", "fill", "json:JSONDecoder", "--cache-dir", str(tmp_path)]) == 2
     assert "needs a Queue or a SubjectsDataset" in capsys.readouterr().err
+
+
+# The estimator -------------------------------------------------------------------------------
+
+
+def test_the_estimate_predicts_the_disk_the_cache_takes(
+    nifti_subjects: list[sq.Subject], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    transform = PIPELINES["labels to int64 one-hot"]()
+    queue = _queue(nifti_subjects, transform, cache_dir=tmp_path / "cache")
+    predicted = queue.estimate_memory().cache_disk
+    assert "cache of preprocessed subjects, on disk" in str(queue.estimate_memory())
+    _patches(queue)
+    stored = sq.VolumeCache(tmp_path / "cache").usage().bytes
+    assert predicted <= stored <= predicted * 1.02  # the pickled subjects and summaries
+    assert _queue(nifti_subjects, transform).estimate_memory().cache_disk == 0
+    with caplog.at_level(logging.WARNING, logger="shmqueue"):
+        _queue(nifti_subjects, transform, cache_dir=sq.VolumeCache(tmp_path / "small", max_size=1))
+    assert "the subjects that do not fit will be preprocessed every epoch" in caplog.text

@@ -258,6 +258,26 @@ class VolumeCache:
 
     # Size -----------------------------------------------------------------------------------
 
+    def warn_if_short_of_disk(self, needed: int) -> None:
+        """Warn if entries of ``needed`` bytes in all (a queue's estimate,
+        :attr:`~shmqueue.MemoryEstimate.cache_disk`) will not fit the disk's free space
+        beside what the cache holds, nor ``max_size``: the subjects left out are then loaded
+        and preprocessed every epoch."""
+        held = self.usage().bytes
+        free = shutil.disk_usage(self.directory).free
+        room = held + free if self.max_bytes is None else min(self.max_bytes, held + free)
+        if needed > room:
+            logger.warning(
+                "The cache '%s' needs about %s for these subjects but has room for %s (%s free"
+                " on its disk, max_size %s): the subjects that do not fit will be preprocessed"
+                " every epoch. Free disk space, raise max_size, or use another cache_dir.",
+                self.directory,
+                pretty_bytes(needed),
+                pretty_bytes(room),
+                pretty_bytes(free),
+                "none" if self.max_bytes is None else pretty_bytes(self.max_bytes),
+            )
+
     def usage(self) -> CacheUsage:
         """The entries and their bytes on disk (after removing what dead writers left)."""
         self._remove_abandoned()

@@ -153,6 +153,11 @@ class MemoryEstimate:
         layout: the ring's slot layout (patch size, images, ``max_length``).
         num_subjects, patches_per_volume, num_workers, batch_size, ranks_per_node, pin_memory,
         start_method: the configuration.
+        cache_disk: with a cache (``cache_dir``), the bytes its entries take on disk, predicted
+            from the headers (0 without one). Disk, not memory: on later epochs the workers map
+            these volumes from the page cache, file-backed and shared, where without the cache
+            they load them into their own memory; the first epoch, which fills the cache, is the
+            peak the terms above describe.
     """
 
     ring: int
@@ -167,6 +172,7 @@ class MemoryEstimate:
     ranks_per_node: int
     pin_memory: bool
     start_method: str
+    cache_disk: int = 0
 
     @property
     def max_length(self) -> int:
@@ -221,6 +227,7 @@ class MemoryEstimate:
             },
             "total_per_rank": self.total_per_rank,
             "total_per_node": self.total_per_node,
+            "cache_disk": self.cache_disk,
         }
 
     def __str__(self) -> str:
@@ -294,3 +301,5 @@ def _table(estimate: MemoryEstimate) -> Iterator[str]:
     yield row("total per rank", estimate.total_per_rank)
     if estimate.ranks_per_node > 1:
         yield row(f"total per node ({estimate.ranks_per_node} ranks)", estimate.total_per_node)
+    if estimate.cache_disk:
+        yield row("cache of preprocessed subjects, on disk (not memory)", estimate.cache_disk)

@@ -19,9 +19,11 @@ from multiprocessing.context import BaseContext
 import torch
 
 from ..arguments import check_count
+from ..cache import VolumeCache
 from ..catalog import Catalog
 from ..engine.backends import resolve_context
 from ..engine.layout import SlotLayout
+from ..image import PathLike
 from ..sampling.base import PatchSampler
 from ..sampling.uniform import UniformSampler
 from ..subject import Subject
@@ -58,6 +60,7 @@ def estimate_memory(
     images: Mapping[str, tuple[int, torch.dtype]] | None = None,
     multiprocessing_context: str | BaseContext | None = None,
     patch_evaluation: bool = True,
+    cache_dir: PathLike | VolumeCache | None = None,
 ) -> MemoryEstimate:
     """Estimate a queue configuration's memory, term by term, from the images' headers.
 
@@ -92,6 +95,9 @@ def estimate_memory(
         patch_evaluation: as the queue's: the trailing augmentations are computed at the
             patches (and, for an image the sampler reads whole, slab by slab) instead of making
             new volumes.
+        cache_dir: the queue's ``cache_dir``, if any: the estimate then predicts the disk its
+            entries take (:attr:`MemoryEstimate.cache_disk`); the memory terms are those of the
+            first epoch, which fills it.
 
     Returns:
         The :class:`MemoryEstimate`; ``print()`` it for a table.
@@ -147,6 +153,7 @@ def estimate_memory(
         measure=measure,
         multiprocessing_context=multiprocessing_context,
         patch_evaluation=patch_evaluation,
+        cached=cache_dir is not None,
     )
 
 
@@ -163,6 +170,7 @@ def estimate_catalog(
     measure: bool,
     multiprocessing_context: str | BaseContext | None,
     patch_evaluation: bool = True,
+    cached: bool = False,
 ) -> MemoryEstimate:
     """The estimate of :func:`estimate_memory` for subjects already read into ``catalog``
     (with the catalog's ``max_length`` and ``patches_per_volume``): what a queue asks of it."""
@@ -224,6 +232,21 @@ def estimate_catalog(
         ranks_per_node=ranks_per_node,
         pin_memory=pin_memory,
         start_method=start_method,
+        cache_disk=_cache_disk(catalog) if cached else 0,
+    )
+
+
+NPY_HEADER = 128
+"""Bytes of a ``.npy`` array's header, as the cache writes one per image."""
+
+
+def _cache_disk(catalog: Catalog) -> int:
+    """The bytes of the cache's entries: each subject's images as the transform's deterministic
+    steps make them (what the cache stores), a ``.npy`` header each."""
+    return sum(
+        spec.nbytes + NPY_HEADER
+        for subject in catalog.subjects
+        for spec in subject.transformed.values()
     )
 
 
