@@ -23,11 +23,12 @@ import sys
 import time
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from .augmentation import Augmentation
 from .preprocessing import Preprocessing
 
+Steps = TypeVar("Steps", Augmentation, Preprocessing)  # a scenario's steps that need labels
 CacheKind = Literal["disk", "memory"]
 """A cache of preprocessed subjects: in files under a directory, or in the training process's
 memory (MONAI's ``CacheDataset``)."""
@@ -93,13 +94,7 @@ class Request:
         Raises:
             ValueError: the request has no augmentation, or not one label path per subject.
         """
-        if self.augmentation is None or len(self.label_paths) != len(self.paths):
-            raise ValueError(
-                "scenario (f)'s pipeline needs an augmentation and one label path per subject;"
-                f" got augmentation={self.augmentation}, {len(self.label_paths)} label paths for"
-                f" {len(self.paths)} subjects"
-            )
-        return self.augmentation
+        return self._labelled("f", "augmentation", self.augmentation)
 
     def require_preprocessing(self) -> Preprocessing:
         """Scenario (h)'s preprocessing, for a pipeline that resamples labels with the volumes.
@@ -107,13 +102,18 @@ class Request:
         Raises:
             ValueError: the request has no preprocessing, or not one label path per subject.
         """
-        if self.preprocessing is None or len(self.label_paths) != len(self.paths):
+        return self._labelled("h", "preprocessing", self.preprocessing)
+
+    def _labelled(self, scenario: str, name: str, pipeline: Steps | None) -> Steps:
+        """``pipeline`` (the field ``name``), checked to be there with one label path per
+        subject, as scenario ``scenario``'s runners need it."""
+        if pipeline is None or len(self.label_paths) != len(self.paths):
             raise ValueError(
-                "scenario (h)'s pipeline needs a preprocessing and one label path per subject;"
-                f" got preprocessing={self.preprocessing}, {len(self.label_paths)} label paths"
-                f" for {len(self.paths)} subjects"
+                f"scenario ({scenario})'s pipeline needs its {name} and one label path per"
+                f" subject; got {name}={pipeline}, {len(self.label_paths)} label paths for"
+                f" {len(self.paths)} subjects"
             )
-        return self.preprocessing
+        return pipeline
 
     def require_cache(self, kinds: Collection[CacheKind], library: str) -> CacheKind | None:
         """The cache the request asks for (None: none), once checked against the ``kinds`` that
