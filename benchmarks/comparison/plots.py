@@ -5,7 +5,8 @@ Bars show medians; error bars span the repeats' minimum to maximum.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 
 import matplotlib
@@ -14,10 +15,20 @@ matplotlib.use("Agg")  # files only, no display
 
 import matplotlib.pyplot as plt
 from matplotlib.axes import Axes
+from matplotlib.figure import Figure
 
 from ..report import MIB, Summary
 from .runs import Run
-from .scenarios import AUGMENTATION, FIRST_BATCH, STEADY, TINY, WORKERS, Scenario
+from .scenarios import (
+    AUGMENTATION,
+    CACHE,
+    FIRST_BATCH,
+    PREPROCESSING,
+    STEADY,
+    TINY,
+    WORKERS,
+    Scenario,
+)
 from .tables import Comparison, Metric
 
 COLOURS = ("#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e")
@@ -62,6 +73,20 @@ def _bars(
     axes.set_xticks(range(len(groups)), groups)
     axes.set_ylabel(ylabel)
     axes.grid(axis="y", alpha=0.3)
+
+
+def _legend_above(figure: Figure, axes: Axes, top: float) -> None:
+    """The legend of ``axes``'s series in one row, centred at height ``top`` of the figure:
+    above the panels, where it hides no bar."""
+    handles, labels = axes.get_legend_handles_labels()
+    figure.legend(
+        handles,
+        labels,
+        loc="upper center",
+        ncols=len(labels),
+        fontsize=8,
+        bbox_to_anchor=(0.5, top),
+    )
 
 
 def _scenario_bars(
@@ -197,27 +222,66 @@ def augmentation_figure(comparison: Comparison, path: Path) -> None:
             axes.set_yscale("log")  # the libraries differ by orders of magnitude
             low, high = axes.get_ylim()
             axes.set_ylim(low, high * 1.6)  # room for the labels above the tallest bars
-    handles, labels = panels[0].get_legend_handles_labels()
-    # Above the panels, where it hides no bar.
-    figure.legend(
-        handles,
-        labels,
-        loc="upper center",
-        ncols=len(labels),
-        fontsize=8,
-        bbox_to_anchor=(0.5, 0.965),
-    )
+    _legend_above(figure, panels[0], 0.965)
     figure.suptitle(f"{AUGMENTATION.title}: medians, whiskers min-max")
     figure.tight_layout(rect=(0, 0, 1, 0.95))
     figure.savefig(path, dpi=DPI)
     plt.close(figure)
 
 
-FIGURES = (
+def caching_figure(scenario: Scenario, comparison: Comparison, path: Path) -> None:
+    """(g) or (h), its first setting: patches/s in the first and in the later epochs, CPU ms per
+    patch and peak PSS of every library."""
+    setting = comparison.settings_of(scenario)[0]
+    libraries = comparison.libraries_of(setting)
+    figure, panels = plt.subplots(1, 3, figsize=(15, 4.8), width_ratios=(2, 1, 1))
+    _bars(
+        panels[0],
+        ["first epoch", "later epochs"],
+        {
+            library.label: [
+                comparison.summary(setting, library, lambda run: run.epoch_patches_per_second[0]),
+                comparison.summary(
+                    setting, library, lambda run: run.later_epochs_patches_per_second
+                ),
+            ]
+            for library in libraries
+        },
+        "patches/s",
+        labelled=True,
+    )
+    panels[0].set_title("patches/s (higher is better)", fontsize=10)
+    metrics: list[tuple[Metric, str]] = [
+        (lambda run: 1000 * run.result.cpu_seconds / run.patches, "CPU ms/patch"),
+        (lambda run: run.peak_pss / MIB, "peak PSS MiB"),
+    ]
+    for axes, (metric, ylabel) in zip(panels[1:], metrics):
+        _bars(
+            axes,
+            ["all epochs"],
+            {
+                library.label: [comparison.summary(setting, library, metric)]
+                for library in libraries
+            },
+            ylabel,
+            labelled=True,
+        )
+        axes.set_title(f"{ylabel} (lower is better)", fontsize=10)
+    _legend_above(figure, panels[0], 0.93)
+    figure.suptitle(f"{scenario.title}, {setting.label}: medians, whiskers min-max")
+    figure.tight_layout(rect=(0, 0, 1, 0.9))
+    figure.savefig(path, dpi=DPI)
+    plt.close(figure)
+
+
+Draw = Callable[[Comparison, Path], None]
+FIGURES: tuple[tuple[str, Draw, tuple[Scenario, ...]], ...] = (
     ("comparison-throughput.png", throughput_figure, (STEADY, FIRST_BATCH, WORKERS, TINY)),
     ("comparison-waits.png", waits_figure, (STEADY,)),
     ("comparison-memory.png", memory_figure, (STEADY,)),
     ("comparison-augmentation.png", augmentation_figure, (AUGMENTATION,)),
+    ("comparison-cache.png", partial(caching_figure, CACHE), (CACHE,)),
+    ("comparison-preprocessing.png", partial(caching_figure, PREPROCESSING), (PREPROCESSING,)),
 )
 """Each figure's file, how it is drawn, and the scenarios it shows (drawn if any of them ran)."""
 

@@ -1,7 +1,8 @@
 """The comparison's tables and the verdicts on the issue's targets, from the runs' medians.
 
-Every ratio is ``shmqueue ÷ library`` on medians of the same setting: above 1 for throughput
-means shmqueue is faster; below 1 for memory and latency means shmqueue needs less.
+Every ratio is ``shmqueue ÷ library`` on medians of the same setting, ``shmqueue + cache ÷
+library`` in the cache scenarios (g) and (h): above 1 for throughput means shmqueue is faster;
+below 1 for memory and latency means shmqueue needs less.
 """
 
 from __future__ import annotations
@@ -10,8 +11,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from ..report import MIB, Summary, ratio
-from .runs import BGV2, MONAI, SHMQUEUE, TORCHIO_1, TORCHIO_2, Library, Run
-from .scenarios import AUGMENTATION, STEADY, Scenario, Setting
+from .runs import BGV2, MONAI, SHMQUEUE, SHMQUEUE_CACHED, TORCHIO_1, TORCHIO_2, Library, Run
+from .scenarios import AUGMENTATION, CACHE, STEADY, Scenario, Setting
 
 Table = tuple[list[str], list[list[str]]]
 Metric = Callable[[Run], float]
@@ -22,6 +23,8 @@ MEMORY_SHARE = 0.5
 ESTIMATE_ERROR = 0.25
 AUGMENTATION_SPEEDUPS = ((TORCHIO_1, 10.0), (MONAI, 5.0), (BGV2, 1.5))
 """(f): shmqueue's patches/s at least this many times each library's."""
+CACHE_SPEEDUPS = ((SHMQUEUE, 3.0), (TORCHIO_1, 6.0))
+"""(g): shmqueue + cache's later epochs' patches/s at least this many times each library's."""
 
 
 def _patches_per_second(run: Run) -> float:
@@ -34,6 +37,14 @@ def _cpu_ms_per_patch(run: Run) -> float:
 
 def _peak_pss(run: Run) -> float:
     return run.peak_pss
+
+
+def _first_epoch(run: Run) -> float:
+    return run.epoch_patches_per_second[0]
+
+
+def _later_epochs(run: Run) -> float:
+    return run.later_epochs_patches_per_second
 
 
 @dataclass(frozen=True)
@@ -67,11 +78,13 @@ class Comparison:
     def median(self, setting: Setting, library: Library, metric: Metric) -> float:
         return self.summary(setting, library, metric).median
 
-    def versus(self, setting: Setting, library: Library, metric: Metric) -> str:
-        """``shmqueue ÷ library`` of the metric's medians (``"-"`` for shmqueue's own row)."""
-        if library == SHMQUEUE:
+    def versus(
+        self, setting: Setting, library: Library, metric: Metric, baseline: Library = SHMQUEUE
+    ) -> str:
+        """``baseline ÷ library`` of the metric's medians (``"-"`` for the baseline's own row)."""
+        if library == baseline:
             return "-"
-        return ratio(self.median(setting, SHMQUEUE, metric), self.median(setting, library, metric))
+        return ratio(self.median(setting, baseline, metric), self.median(setting, library, metric))
 
     def settings_of(self, scenario: Scenario) -> list[Setting]:
         return [setting for setting in self.settings if setting.scenario == scenario]
@@ -232,11 +245,89 @@ class Comparison:
                 )
         return headers, rows
 
+    def caching_table(self, scenario: Scenario) -> Table:
+        """(g) and (h): the first epoch's and the later epochs' throughput, the CPU time per
+        patch and the peak memory of every library per setting, each with its ``shmqueue +
+        cache ÷`` ratio."""
+        ours = f"{SHMQUEUE_CACHED.label} ÷"
+        headers = [
+            "setting",
+            "library",
+            "p/s 1st epoch",
+            ours,
+            "p/s later epochs",
+            ours,
+            "p/s by epoch",
+            "CPU ms/patch",
+            ours,
+            "patches/epoch",
+            "peak PSS MiB",
+            ours,
+        ]
+        rows = []
+        for setting in self.settings_of(scenario):
+            for library in self.libraries_of(setting):
+                runs = self.runs_of(setting, library)
+                epochs = [
+                    Summary.of([run.epoch_patches_per_second[epoch] for run in runs]).median
+                    for epoch in range(setting.epochs)
+                ]
+                rows.append(
+                    [
+                        setting.label,
+                        library.label,
+                        *self._with_ratio(setting, library, _first_epoch, 1),
+                        *self._with_ratio(setting, library, _later_epochs, 1),
+                        "/".join(f"{rate:.0f}" for rate in epochs),
+                        *self._with_ratio(setting, library, _cpu_ms_per_patch, 2),
+                        _counts(runs[0].result.epoch_patches, setting.expected_patches),
+                        self.summary(setting, library, lambda run: run.peak_pss / MIB).format(0),
+                        self.versus(setting, library, _peak_pss, SHMQUEUE_CACHED),
+                    ]
+                )
+        return headers, rows
+
+    def _with_ratio(
+        self, setting: Setting, library: Library, metric: Metric, digits: int
+    ) -> list[str]:
+        """The metric's summary and its ``shmqueue + cache ÷`` ratio: two cells."""
+        return [
+            self.summary(setting, library, metric).format(digits),
+            self.versus(setting, library, metric, SHMQUEUE_CACHED),
+        ]
+
     # Targets -----------------------------------------------------------------------------------
 
     def verdicts(self) -> list[Verdict]:
         """The issue's targets for the scenarios that ran, each met or missed, with numbers."""
-        return self._steady_verdicts() + self._augmentation_verdicts()
+        return self._steady_verdicts() + self._augmentation_verdicts() + self._cache_verdicts()
+
+    def _cache_verdicts(self) -> list[Verdict]:
+        """(g): shmqueue + cache's later epochs' patches/s against shmqueue without it and
+        TorchIO 1.2.1, and its peak PSS against shmqueue's without it, per setting."""
+        verdicts = []
+        for setting in self.settings_of(CACHE):
+            ran = self.libraries_of(setting)
+            if SHMQUEUE_CACHED not in ran:
+                continue
+            verdicts += self._speedups(
+                setting,
+                SHMQUEUE_CACHED,
+                _later_epochs,
+                CACHE_SPEEDUPS,
+                f"{SHMQUEUE_CACHED.label}: later epochs' ",
+                "CPU per patch over all epochs",
+            )
+            if SHMQUEUE in ran:
+                verdicts.append(
+                    _not_above(
+                        f"{SHMQUEUE_CACHED.label}: peak PSS <= {SHMQUEUE.label}'s (no cache),"
+                        f" {setting.label}",
+                        self.median(setting, SHMQUEUE_CACHED, _peak_pss),
+                        self.median(setting, SHMQUEUE, _peak_pss),
+                    )
+                )
+        return verdicts
 
     def _augmentation_verdicts(self) -> list[Verdict]:
         """(f): patches/s against TorchIO 1.2.1, MONAI and batchgeneratorsv2, and peak PSS
@@ -247,41 +338,44 @@ class Comparison:
             ran = self.libraries_of(setting)
             if SHMQUEUE not in ran:
                 continue
-            ours = self.median(setting, SHMQUEUE, _patches_per_second)
-            for library, goal in AUGMENTATION_SPEEDUPS:
-                if library not in ran:
-                    continue
-                theirs = self.median(setting, library, _patches_per_second)
-                speedup = ours / theirs
-                cpu = self.versus(setting, library, _cpu_ms_per_patch)
-                value = (
-                    f"{speedup:.2f}x ({ours:.2f} vs {theirs:.2f} patches/s; CPU per patch:"
-                    f" {cpu} of {library.label}'s)"
-                )
-                if speedup < goal:
-                    value += (
-                        f"; missed by {goal / speedup:.2f}x: {goal:g}x needs"
-                        f" {goal * theirs:.2f} patches/s"
-                    )
-                verdicts.append(
-                    Verdict(
-                        f"patches/s >= {goal:g}x {library.label}'s, {setting.label}",
-                        value,
-                        speedup >= goal,
-                    )
-                )
+            verdicts += self._speedups(
+                setting, SHMQUEUE, _patches_per_second, AUGMENTATION_SPEEDUPS, "", "CPU per patch"
+            )
             if TORCHIO_1 in ran:
-                pss = self.median(setting, SHMQUEUE, _peak_pss)
-                theirs = self.median(setting, TORCHIO_1, _peak_pss)
-                value = f"{pss / theirs:.2f}x ({pss / MIB:.0f} vs {theirs / MIB:.0f} MiB)"
-                if pss > theirs:
-                    value += f"; over by {(pss - theirs) / MIB:.0f} MiB ({pss / theirs - 1:+.0%})"
                 verdicts.append(
-                    Verdict(
-                        f"peak PSS <= {TORCHIO_1.label}'s, {setting.label}", value, pss <= theirs
+                    _not_above(
+                        f"peak PSS <= {TORCHIO_1.label}'s, {setting.label}",
+                        self.median(setting, SHMQUEUE, _peak_pss),
+                        self.median(setting, TORCHIO_1, _peak_pss),
                     )
                 )
         return verdicts
+
+    def _speedups(
+        self,
+        setting: Setting,
+        ours: Library,
+        metric: Metric,
+        goals: Sequence[tuple[Library, float]],
+        target: str,
+        cpu: str,
+    ) -> list[Verdict]:
+        """``ours``'s patches/s (``metric``) against each library of ``goals`` that ran
+        ``setting``, the goal a multiple of its; ``target`` starts each target's text and
+        ``cpu`` names the CPU-per-patch ratio shown with it."""
+        ran = self.libraries_of(setting)
+        return [
+            _speedup(
+                f"{target}patches/s >= {goal:g}x {library.label}'s, {setting.label}",
+                self.median(setting, ours, metric),
+                self.median(setting, library, metric),
+                goal,
+                f"{cpu}: {self.versus(setting, library, _cpu_ms_per_patch, ours)} of"
+                f" {library.label}'s",
+            )
+            for library, goal in goals
+            if library in ran
+        ]
 
     def _steady_verdicts(self) -> list[Verdict]:
         """The steady state's targets: throughput against TorchIO, memory, the estimate."""
@@ -333,6 +427,24 @@ class Comparison:
                     )
                 )
         return verdicts
+
+
+def _speedup(target: str, ours: float, theirs: float, goal: float, detail: str) -> Verdict:
+    """Met if ``ours`` patches/s is at least ``goal`` times ``theirs``; the value gives both
+    rates and ``detail``, and a miss says by how much and what the goal needs."""
+    speedup = ours / theirs
+    value = f"{speedup:.2f}x ({ours:.2f} vs {theirs:.2f} patches/s; {detail})"
+    if speedup < goal:
+        value += f"; missed by {goal / speedup:.2f}x: {goal:g}x needs {goal * theirs:.2f} patches/s"
+    return Verdict(target, value, speedup >= goal)
+
+
+def _not_above(target: str, ours: float, theirs: float) -> Verdict:
+    """Met if the peak memory ``ours`` (bytes) is at most ``theirs``; a miss says by how much."""
+    value = f"{ours / theirs:.2f}x ({ours / MIB:.0f} vs {theirs / MIB:.0f} MiB)"
+    if ours > theirs:
+        value += f"; over by {(ours - theirs) / MIB:.0f} MiB ({ours / theirs - 1:+.0%})"
+    return Verdict(target, value, ours <= theirs)
 
 
 def _counts(per_epoch: Sequence[int], expected: int) -> str:
