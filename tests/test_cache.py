@@ -8,6 +8,7 @@ import logging
 import multiprocessing
 import os
 import signal
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -15,9 +16,13 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 
 import shmqueue as sq
 from shmqueue.cache import cached_prefix
+from shmqueue.testing import strategies
 
 TIMEOUT = 60.0
 
@@ -488,3 +493,40 @@ def test_the_estimate_predicts_the_disk_the_cache_takes(
     with caplog.at_level(logging.WARNING, logger="shmqueue"):
         _queue(nifti_subjects, transform, cache_dir=sq.VolumeCache(tmp_path / "small", max_size=1))
     assert "the subjects that do not fit will be preprocessed every epoch" in caplog.text
+
+
+# Contract 12, as a property ------------------------------------------------------------------
+
+
+@given(
+    subject=strategies.subjects(with_label=True),
+    transform=strategies.transforms(),
+    seed=st.integers(0, 2**31),
+)
+@hypothesis_settings(max_examples=10)
+def test_any_cached_queue_yields_the_uncached_queues_patches(
+    subject: sq.Subject, transform: sq.Compose | None, seed: int
+) -> None:
+    subjects = [subject, subject.copy()]
+    preprocessing = [sq.RescaleIntensity((0.0, 1.0)), sq.Clamp(0.1, 0.9)]
+    steps = preprocessing + ([] if transform is None else list(transform.transforms))
+    patch = tuple(min(4, side) for side in subject.spatial_shape)
+
+    def patches(cache: sq.VolumeCache | None) -> list[dict[str, torch.Tensor]]:
+        queue = sq.Queue(
+            subjects,
+            sq.UniformSampler(None, patch),
+            max_length=4,
+            patches_per_volume=2,
+            transform=sq.Compose(steps),
+            seed=seed,
+            cache_dir=cache,
+        )
+        return _patches(queue, epochs=2)
+
+    reference = patches(None)
+    with tempfile.TemporaryDirectory() as directory:
+        cache = sq.VolumeCache(directory)
+        _assert_same(reference, patches(cache))  # filled
+        _assert_same(reference, patches(cache))  # read
+        assert cache.usage().entries == 1  # the two subjects are one, by value
