@@ -124,10 +124,7 @@ class Comparison:
             for library in self.libraries_of(setting):
                 runs = self.runs_of(setting, library)
                 first = runs[0]
-                epochs = [
-                    Summary.of([run.epoch_patches_per_second[epoch] for run in runs]).median
-                    for epoch in range(setting.epochs)
-                ]
+                epochs = _epoch_medians(runs, setting.epochs)
                 rows.append(
                     [
                         setting.label,
@@ -268,10 +265,7 @@ class Comparison:
         for setting in self.settings_of(scenario):
             for library in self.libraries_of(setting):
                 runs = self.runs_of(setting, library)
-                epochs = [
-                    Summary.of([run.epoch_patches_per_second[epoch] for run in runs]).median
-                    for epoch in range(setting.epochs)
-                ]
+                epochs = _epoch_medians(runs, setting.epochs)
                 rows.append(
                     [
                         setting.label,
@@ -465,3 +459,11 @@ def _batches_per_epoch(run: Run) -> list[int]:
             counts.append(current)
             current = 0
     return counts
+
+
+def _epoch_medians(runs: Sequence[Run], epochs: int) -> list[float]:
+    """Each epoch's patches/s, the median over ``runs``."""
+    return [
+        Summary.of([run.epoch_patches_per_second[epoch] for run in runs]).median
+        for epoch in range(epochs)
+    ]
